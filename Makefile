@@ -1,0 +1,35 @@
+# Quick start: `make demo` then `make test`. Both create .venv and install the project when
+# pyproject.toml changed since the last install (a stamp keyed on its hash), else skip in a second.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# DeepSpeed compiles its CPU ops on first use; keep them between runs.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/atflrec/torch_extensions
+export RAY_TRAIN_V2_ENABLED := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/atflrec demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Everything but the tests that use the real base model or a separate Ray head.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+clean:
+	rm -rf runs .pytest_cache

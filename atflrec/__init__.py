@@ -1,0 +1,3 @@
+"""ATFLRec on Ray."""
+
+__version__ = "0.1.0"

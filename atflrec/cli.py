@@ -1,0 +1,172 @@
+"""``atflrec <verb>``: one command-line entry point whose verbs follow the pipeline stages.
+
+Verbs that take a config accept ``--config FILE`` plus trailing ``key=value`` overrides; the
+flags shown in ``--help`` are shorthands for the most common keys. Heavy libraries are imported
+inside the handlers so ``atflrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from atflrec.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _with_shorthands(args: argparse.Namespace, shorthands: dict[str, str]) -> list[str]:
+    """Turn shorthand flags that were given into ``key=value`` overrides (explicit overrides win)."""
+    overrides = []
+    for attr, key in shorthands.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return overrides + list(args.overrides)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from atflrec.config import load_config
+    from atflrec.data.synth import SynthConfig, generate
+
+    overrides = _with_shorthands(args, {"users": "users", "items": "items", "seed": "seed"})
+    config = load_config(SynthConfig, args.config, overrides)
+    summary = generate(config, args.out)
+    print(summary.describe())
+    return 0
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    from atflrec.data.validate import validate_dataset
+
+    report = validate_dataset(args.dir)
+    print(report.describe())
+    return 0 if report.usable else 1
+
+
+def _data_import_microlens(args: argparse.Namespace) -> int:
+    from atflrec.config import load_config
+    from atflrec.data.microlens import MicroLensImportConfig, import_microlens
+
+    overrides = _with_shorthands(
+        args, {"negatives_per_positive": "negatives_per_positive", "seed": "seed"}
+    )
+    config = load_config(MicroLensImportConfig, args.config, overrides)
+    summary = import_microlens(args.src, args.out, config)
+    print(summary.describe())
+    return 0
+
+
+# --- features -------------------------------------------------------------------------------
+
+def _features(args: argparse.Namespace) -> int:
+    from atflrec.config import load_config
+    from atflrec.features.pipeline import FeatureConfig, build_feature_store
+
+    if args.n_mels is not None:
+        args.n_mels = "[" + args.n_mels + "]"  # "40,80" -> YAML list [40,80]
+    overrides = _with_shorthands(
+        args, {"n_mels": "n_mels", "clip_seconds": "clip_seconds", "address": "address"}
+    )
+    config = load_config(FeatureConfig, args.config, overrides)
+    summary = build_feature_store(args.data, args.out, config)
+    print(summary.describe())
+    return 0
+
+
+# --- model ----------------------------------------------------------------------------------
+
+def _model_fetch(args: argparse.Namespace) -> int:
+    from atflrec.models.fetch import DEFAULT_MODEL, fetch_model
+
+    path = fetch_model(args.name or DEFAULT_MODEL, cache_dir=args.cache_dir, force=args.force)
+    print(path)
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+def _demo(args: argparse.Namespace) -> int:
+    from atflrec.config import load_config
+    from atflrec.demo import DemoConfig, run_demo
+
+    overrides = _with_shorthands(args, {"workdir": "workdir"})
+    config = load_config(DemoConfig, args.config, overrides)
+    run_demo(config)
+    return 0
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (keys of the stage's config model)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. users=200")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atflrec", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    data = verbs.add_parser("data", help="create, import and validate datasets")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+
+    synth = data_verbs.add_parser("synth", help="write the built-in benchmark dataset")
+    synth.add_argument("--out", required=True, help="output dataset directory")
+    synth.add_argument("--users", type=int, help="number of users")
+    synth.add_argument("--items", type=int, help="number of items")
+    synth.add_argument("--seed", type=int, help="random seed")
+    _add_config_args(synth)
+    synth.set_defaults(handler=_data_synth)
+
+    validate = data_verbs.add_parser("validate", help="check a dataset directory; non-zero exit if unusable")
+    validate.add_argument("dir", help="dataset directory")
+    validate.set_defaults(handler=_data_validate)
+
+    microlens = data_verbs.add_parser("import-microlens", help="import MicroLens's published layout")
+    microlens.add_argument("src", help="MicroLens directory (pairs CSV, titles CSV, videos or audio)")
+    microlens.add_argument("--out", required=True, help="output dataset directory")
+    microlens.add_argument("--negatives-per-positive", type=float, help="sampled negatives per interaction")
+    microlens.add_argument("--seed", type=int, help="random seed for negative sampling")
+    _add_config_args(microlens)
+    microlens.set_defaults(handler=_data_import_microlens)
+
+    features = verbs.add_parser("features", help="Kaldi Mel filter-bank features into a Parquet store (Ray Data)")
+    features.add_argument("--data", required=True, help="dataset directory (format v1)")
+    features.add_argument("--out", required=True, help="feature store: local path or URI (s3://, gs://)")
+    features.add_argument("--n-mels", help="comma-separated Mel-bin counts, e.g. 40,64,80,128")
+    features.add_argument("--clip-seconds", type=float, help="crop or pad every clip to this length")
+    features.add_argument("--address", help="Ray cluster address (e.g. auto); default starts Ray locally")
+    _add_config_args(features)
+    features.set_defaults(handler=_features)
+
+    model = verbs.add_parser("model", help="base models")
+    model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")
+    fetch = model_verbs.add_parser("fetch", help="fetch a base model into the local cache")
+    fetch.add_argument("name", nargs="?", help="model name (default: the built-in SmolLM2-135M-Instruct)")
+    fetch.add_argument("--cache-dir", help="cache directory (default: ~/.cache/atflrec/models)")
+    fetch.add_argument("--force", action="store_true", help="rebuild even if cached")
+    fetch.set_defaults(handler=_model_fetch)
+
+    demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
+    demo.add_argument("--workdir", help="where the demo writes its outputs")
+    _add_config_args(demo)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:  # config errors, bad datasets, unreachable services: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: the on-disk format, validation, importers and the built-in benchmark generator."""

@@ -1,0 +1,103 @@
+"""The config system: YAML + key=value overrides, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import Field
+
+from atflrec.config import ConfigError, StrictModel, apply_overrides, dump_config, load_config
+
+
+class Inner(StrictModel):
+    rank: int = Field(8, ge=1)
+    pooling: Literal["mean", "max"] = "max"
+
+
+class Outer(StrictModel):
+    name: str = "run"
+    lr: float = 1e-4
+    n_mels: list[int] = [80]
+    lora: Inner = Inner()
+
+
+def test_defaults_without_file() -> None:
+    config = load_config(Outer)
+    assert config == Outer()
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nlora:\n  rank: 4\n")
+    config = load_config(Outer, path, ["lora.pooling=mean", "n_mels=[40,80]", "lr=3e-4"])
+    assert config.name == "a"
+    assert config.lora.rank == 4 and config.lora.pooling == "mean"
+    assert config.n_mels == [40, 80]
+    assert config.lr == pytest.approx(3e-4)
+
+
+def test_override_wins_over_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("lora: {rank: 4}\n")
+    assert load_config(Outer, path, ["lora.rank=16"]).lora.rank == 16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["lora.rnak=4"], "lora.rnak: unknown key"),
+        (["colour=red"], "colour: unknown key"),
+        (["lora.rank=0"], "lora.rank: Input should be greater than or equal to 1"),
+        (["lora.pooling=median"], "lora.pooling: Input should be 'mean' or 'max'"),
+        (["lr=fast"], "lr: Input should be a valid number"),
+        (["n_mels=[40,x]"], "n_mels.1: Input should be a valid integer"),
+    ],
+)
+def test_errors_name_the_key(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, None, overrides)
+    assert expected in str(err.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora:\n  rank: 4\n  alpha: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, path)
+    assert "bad.yaml" in str(err.value) and "lora.alpha: unknown key" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("- a\n- b\n", "must hold a mapping"), ("a: [1, 2\n", "not valid YAML")],
+)
+def test_bad_yaml_files(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(Outer, path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, "/nonexistent/config.yaml")
+
+
+@pytest.mark.parametrize("text", ["noequals", "=3", "a..b=1"])
+def test_malformed_overrides(text: str) -> None:
+    with pytest.raises(ConfigError):
+        apply_overrides({}, [text])
+
+
+def test_override_into_a_value_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="name: is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    config = load_config(Outer, None, ["lora.rank=32", "n_mels=[64]"])
+    path = tmp_path / "dumped.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(Outer, path) == config
