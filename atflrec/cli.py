@@ -157,7 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting positionals at the first option, so key=value overrides written
+    # after an option (`--out DIR seed=1`) arrive here; accept them where the verb takes overrides.
+    late_overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in late_overrides]
+    if unknown or (late_overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if late_overrides:
+        args.overrides = list(args.overrides) + late_overrides
     handler: Handler = args.handler
     try:
         return handler(args)

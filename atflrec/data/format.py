@@ -126,6 +126,13 @@ def write_dataset(root: str | Path, items: pa.Table, interactions: pa.Table, met
     return root
 
 
+def is_text_type(kind: pa.DataType) -> bool:
+    """String, large string, or dictionary-encoded string."""
+    if pa.types.is_dictionary(kind):
+        return is_text_type(kind.value_type)
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def _read_table(path: Path, required: tuple[str, ...]) -> pa.Table:
     if not path.is_file():
         raise DatasetError(f"{path.name} is missing from {path.parent}")
@@ -144,6 +151,8 @@ def read_items(root: str | Path) -> pa.Table:
     table = _read_table(Path(root) / ITEMS_FILE, REQUIRED_ITEM_COLUMNS)
     tags_type = table.schema.field("tags").type
     if not (pa.types.is_list(tags_type) or pa.types.is_large_list(tags_type)):
+        if not is_text_type(tags_type):
+            raise DatasetError(f"{ITEMS_FILE} has tags of type {tags_type}; expected string or list<string>")
         tags = [normalise_tags(v) for v in table.column("tags").to_pylist()]
         table = table.set_column(table.schema.get_field_index("tags"), "tags", pa.array(tags, pa.list_(pa.string())))
     try:
