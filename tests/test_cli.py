@@ -1,0 +1,56 @@
+"""The command line: verbs, help, overrides, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from atflrec.cli import main, parse_args
+
+
+def test_every_verb_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["data", "--help"], ["data", "validate", "--help"], ["features", "--help"],
+                 ["model", "fetch", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0, argv
+    assert "--n-mels" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "synth", "--out", "d", "users=3", "--seed", "2"],
+        ["data", "synth", "users=3", "--out", "d", "--seed", "2"],
+        ["data", "import-microlens", "src", "--out", "d", "users=3", "--seed", "2"],
+    ],
+)
+def test_overrides_may_follow_options(argv: list[str]) -> None:
+    args = parse_args(argv)
+    assert args.overrides == ["users=3"]
+    assert args.seed == 2 and args.out == "d"
+
+
+def test_unknown_argument_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "validate", "somewhere", "users=3"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: users=3" in capsys.readouterr().err
+
+
+def test_config_error_exits_2_naming_the_key(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "synth", "--out", str(tmp_path / "ds"), "userz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "userz: unknown key" in err and "Traceback" not in err
+
+
+def test_console_script_runs_without_traceback(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "atflrec.cli", "data", "validate", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "does not exist" in result.stdout + result.stderr
