@@ -1,0 +1,49 @@
+"""One clip to features: the code path shared by the offline feature store and online serving.
+
+``featurise_file`` takes a file's bytes (an item's audio or an upload), ``featurise_samples`` takes
+decoded samples at any rate and channel count; both decode/prepare with :mod:`.audio` and compute
+every requested Mel-bin count from one power spectrum with :mod:`.fbank`. Problems raise
+:class:`~atflrec.features.audio.BadAudio` with a reason code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from atflrec.features.audio import decode, prepare
+from atflrec.features.fbank import SAMPLE_RATE, frame_count, multi_fbank
+
+
+@dataclass(frozen=True)
+class ClipFeatures:
+    """Features of one clip: ``features[n]`` is float32 ``(frames, n)``; frames fixed by the clip length.
+
+    ``n_frames`` counts the frames made of real audio; the rest (if any) cover end padding.
+    """
+
+    features: dict[int, np.ndarray]
+    n_frames: int
+
+
+def clip_samples(clip_seconds: float) -> int:
+    return int(round(clip_seconds * SAMPLE_RATE))
+
+
+def featurise_samples(
+    samples: np.ndarray, sample_rate: int, n_mels: Sequence[int], clip_seconds: float
+) -> ClipFeatures:
+    """Features of samples shaped ``(samples,)`` or ``(channels, samples)`` at ``sample_rate``."""
+    clip = prepare(samples, sample_rate, clip_samples(clip_seconds))
+    features = multi_fbank(clip.wave, n_mels)
+    return ClipFeatures(
+        features={n: f.numpy() for n, f in features.items()}, n_frames=frame_count(clip.valid_samples)
+    )
+
+
+def featurise_file(data: bytes, suffix: str, n_mels: Sequence[int], clip_seconds: float) -> ClipFeatures:
+    """Features of an audio file's bytes; ``suffix`` (e.g. ``.wav``) selects the decoder."""
+    samples, rate = decode(data, suffix)
+    return featurise_samples(samples, rate, n_mels, clip_seconds)

@@ -1,0 +1,376 @@
+"""``atflrec features``: a dataset's audio to a Parquet feature store, in parallel with Ray Data.
+
+The driver reads ``items.parquet`` and the store's manifest and hands every item, with the
+content hash stored for it under the current parameters (if any), to one Ray Data
+``map_batches`` stage. Each task, per item: resolves the audio path inside the dataset, reads the
+bytes and hashes them (sha256); an item whose hash matches is skipped, any other is decoded and
+featurised for all Mel-bin counts at once (:mod:`.clip`). A task then writes one part file per
+Mel-bin count and returns one small result row per item, so features never pass through the
+driver. The driver checks that input items = featurised + already stored + quarantined, commits
+the index, ``quarantine.parquet`` and ``manifest.json`` (:mod:`.store`), and returns a summary.
+
+Incremental runs: an item is recomputed when its audio bytes or any feature parameter changed
+(the parameter hash covers Mel-bin counts, clip length, Kaldi options and ``FEATURE_VERSION``);
+a rerun on unchanged input writes no part files. Items that left the dataset, or are now
+quarantined, leave the store. Quarantined items are retried on every run.
+
+Ray: with ``address`` set, ``ray.init(address=...)`` joins that cluster (token authentication:
+set ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` to the cluster's token); otherwise a local Ray
+starts. A Ray that is already initialised is reused as it is. On a cluster every node needs
+``atflrec`` importable and the dataset directory at the same path (a shared volume); the store
+may be any pyarrow URI (``s3://``, ``gs://``) or shared path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field, field_validator
+
+from atflrec.config import StrictModel
+from atflrec.data.format import DatasetError, UnsafeAudioPath, load_dataset, resolve_audio_path
+from atflrec.errors import UserError
+from atflrec.features import store
+from atflrec.features.audio import BadAudio, decode
+from atflrec.features.clip import ClipFeatures, clip_samples, featurise_samples
+from atflrec.features.fbank import KALDI_OPTIONS, MAX_MELS, MIN_MELS, SAMPLE_RATE, frame_count
+
+# Bump when a code change alters the features for the same audio and parameters.
+FEATURE_VERSION = 1
+STATUSES = ("featurised", "skipped", "quarantined")
+TASK_FEATURE_BYTES = 512 * 1024**2
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("path", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("sha256", pa.string()),
+        ("part", pa.string()),
+        ("n_frames", pa.int32()),
+        ("read_s", pa.float64()),
+        ("decode_s", pa.float64()),
+        ("features_s", pa.float64()),
+        ("write_s", pa.float64()),
+    ]
+)
+
+
+class FeatureConfig(StrictModel):
+    """Settings of the feature stage (``atflrec features``)."""
+
+    n_mels: list[int] = Field(
+        default_factory=lambda: [40, 64, 80, 128],
+        description="Mel-bin counts to store; all come from one power spectrum per clip",
+    )
+    clip_seconds: float = Field(
+        4.0, ge=0.025, le=600.0,
+        description="clip length in seconds: longer clips keep their centre, shorter ones are padded at the end",
+    )
+    address: str | None = Field(None, description="Ray cluster address (e.g. auto); unset starts Ray locally")
+    batch_size: int = Field(
+        64, ge=1, le=4096, description="clips per Ray task; a task writes one part file per Mel-bin count"
+    )
+
+    @field_validator("n_mels")
+    @classmethod
+    def _valid_n_mels(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("give at least one Mel-bin count")
+        bad = [n for n in value if not MIN_MELS <= n <= MAX_MELS]
+        if bad:
+            raise ValueError(f"Mel-bin counts must lie in [{MIN_MELS}, {MAX_MELS}]; got {bad}")
+        return sorted(set(value))
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """What one run did; ``describe()`` is what the CLI prints."""
+
+    store: str
+    n_mels: list[int]
+    clip_seconds: float
+    inputs: int
+    featurised: int
+    skipped: int
+    quarantined: int
+    dropped: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+
+    def describe(self) -> str:
+        rate = self.featurised / max(self.pipeline_seconds, 1e-9)
+        lines = [
+            f"feature store {self.store} (Mel bins {', '.join(map(str, self.n_mels))}; {self.clip_seconds:g} s clips)",
+            f"  {self.inputs} input items = {self.featurised} featurised + {self.skipped} already stored"
+            f" + {self.quarantined} quarantined",
+        ]
+        if self.reasons:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.reasons.items()))
+            lines.append(f"  quarantined: {reasons} (details in {self.store}/{store.QUARANTINE_FILE})")
+        if self.dropped:
+            lines.append(f"  {self.dropped} item(s) left the store (no longer in the dataset, or now quarantined)")
+        speed = f" ({rate:.0f} clips/s featurised)" if self.featurised else ""
+        lines.append(f"  {self.seconds:.1f} s in all; pipeline {self.pipeline_seconds:.1f} s{speed}")
+        return "\n".join(lines)
+
+
+def feature_params(config: FeatureConfig) -> dict[str, Any]:
+    """Everything that determines the stored features; its hash decides what must be recomputed."""
+    return {
+        "n_mels": config.n_mels,
+        "clip_seconds": config.clip_seconds,
+        "sample_rate": SAMPLE_RATE,
+        "frames": frame_count(clip_samples(config.clip_seconds)),
+        "kaldi_options": KALDI_OPTIONS,
+        "crop": "centre",
+        "pad": "end",
+        "feature_version": FEATURE_VERSION,
+    }
+
+
+def _param_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- worker side ------------------------------------------------------------------------------
+
+@dataclass
+class _Outcome:
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    sha256: str | None = None
+    clip: ClipFeatures | None = None
+    read_s: float = 0.0
+    decode_s: float = 0.0
+    features_s: float = 0.0
+
+
+def _process_item(audio_path: str, stored_sha256: str, data_root: str, n_mels: list[int],
+                  clip_seconds: float) -> _Outcome:
+    """One item: safe path, bytes, hash, skip-or-featurise; every failure becomes a quarantine reason."""
+    try:
+        path = resolve_audio_path(data_root, audio_path)
+    except UnsafeAudioPath as exc:
+        return _Outcome("quarantined", "unsafe-path", str(exc))
+    start = time.perf_counter()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _Outcome("quarantined", "missing", f"{audio_path} does not exist in the dataset")
+    except OSError as exc:
+        return _Outcome("quarantined", "unreadable", f"{type(exc).__name__}: {exc}")
+    sha256 = hashlib.sha256(data).hexdigest()
+    read_s = time.perf_counter() - start
+    if sha256 == stored_sha256:
+        return _Outcome("skipped", sha256=sha256, read_s=read_s)
+    try:
+        start = time.perf_counter()
+        samples, rate = decode(data, path.suffix)
+        decoded = time.perf_counter()
+        clip = featurise_samples(samples, rate, n_mels, clip_seconds)
+    except BadAudio as exc:
+        return _Outcome("quarantined", exc.reason, exc.detail, sha256, read_s=read_s)
+    except Exception as exc:  # one odd file must not fail the whole run: quarantine it, say why
+        return _Outcome("quarantined", "failed", f"{type(exc).__name__}: {exc}", sha256, read_s=read_s)
+    done = time.perf_counter()
+    return _Outcome("featurised", sha256=sha256, clip=clip, read_s=read_s,
+                    decode_s=decoded - start, features_s=done - decoded)
+
+
+def _featurise_batch(batch: pa.Table, *, data_root: str, store_uri: str, n_mels: list[int],
+                     clip_seconds: float, run_id: str) -> pa.Table:
+    """Ray Data stage: featurise a batch of items, write its part files, return one row per item."""
+    rows = batch.to_pylist()
+    outcomes = [_process_item(r["audio_path"], r["stored_sha256"], data_root, n_mels, clip_seconds) for r in rows]
+    done = [(row, o) for row, o in zip(rows, outcomes) if o.clip is not None]
+    part, write_share = None, 0.0
+    if done:
+        part = f"part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"
+        start = time.perf_counter()
+        for n in n_mels:
+            # torch converts to float16 several times faster than numpy, with the same rounding.
+            features = torch.from_numpy(np.stack([o.clip.features[n] for _, o in done])).half().numpy()
+            store.write_part(store_uri, n, part, [row["item_id"] for row, _ in done],
+                             [o.clip.n_frames for _, o in done], features)
+        write_share = (time.perf_counter() - start) / len(done)
+    return pa.Table.from_pylist(
+        [
+            {"item_id": row["item_id"], "path": row["audio_path"], "status": o.status, "reason": o.reason,
+             "detail": o.detail, "sha256": o.sha256, "part": part if o.clip else None,
+             "n_frames": o.clip.n_frames if o.clip else None, "read_s": o.read_s, "decode_s": o.decode_s,
+             "features_s": o.features_s, "write_s": write_share if o.clip else 0.0}
+            for row, o in zip(rows, outcomes)
+        ],
+        schema=RESULT_SCHEMA,
+    )
+
+
+# --- driver side ------------------------------------------------------------------------------
+
+def _connect(address: str | None) -> int:
+    """Join ``address`` or start Ray locally, unless Ray is already up; returns the cluster's CPUs."""
+    import ray  # here, not at the top: importing Ray is slow and reading configs must stay quick
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address) if address else ray.init()
+        except ray.exceptions.AuthenticationError as exc:
+            raise UserError(
+                f"the Ray cluster at {address!r} refused this client's token: {exc}\n"
+                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token (`ray get-auth-token` on the head)"
+            ) from None
+        except ConnectionError as exc:
+            raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _run_pipeline(rows: list[dict[str, str]], data_root: str, store_uri: str, config: FeatureConfig,
+                  run_id: str, cpus: int) -> pa.Table:
+    import ray
+
+    # At least two tasks per CPU when the dataset is small, so every core gets work; few enough
+    # long clips per task that a task's float32 features stay within TASK_FEATURE_BYTES.
+    clip_bytes = 4 * frame_count(clip_samples(config.clip_seconds)) * sum(config.n_mels)
+    batch_size = max(1, min(config.batch_size, math.ceil(len(rows) / (2 * cpus)), TASK_FEATURE_BYTES // clip_bytes))
+    print(f"featurising {len(rows)} items with Ray Data on {cpus} CPUs ({math.ceil(len(rows) / batch_size)} tasks)",
+          flush=True)
+    results = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size)).map_batches(
+        _featurise_batch,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        fn_kwargs={"data_root": data_root, "store_uri": store_uri, "n_mels": config.n_mels,
+                   "clip_seconds": config.clip_seconds, "run_id": run_id},
+        num_cpus=1,
+    )
+    # A single operator: Ray Data's per-operator reservation would only idle CPUs (on 2 CPUs it ran
+    # one task at a time). This changes this dataset's own copy of the context, nothing global.
+    results.context.op_resource_reservation_enabled = False
+    tables = ray.get(results.to_arrow_refs())
+    return pa.concat_tables([t.cast(RESULT_SCHEMA) for t in tables])
+
+
+def _check_accounting(item_ids: list[str], results: pa.Table) -> Counter[str]:
+    """Every input item has exactly one result with a known status; raises otherwise."""
+    result_ids = results.column("item_id").to_pylist()
+    statuses = Counter(results.column("status").to_pylist())
+    if len(result_ids) != len(item_ids) or set(result_ids) != set(item_ids) or set(statuses) - set(STATUSES):
+        raise RuntimeError(
+            f"accounting mismatch: {len(item_ids)} input items, {len(result_ids)} results "
+            f"({len(set(item_ids) - set(result_ids))} missing), statuses {dict(statuses)}"
+        )
+    if sum(statuses[s] for s in STATUSES) != len(item_ids):
+        raise RuntimeError(f"accounting mismatch: {len(item_ids)} input items but {dict(statuses)}")
+    return statuses
+
+
+def _split_results(results: pa.Table, reusable: dict[str, dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
+    """The new index (featurised and skipped items) and quarantine table from the result rows."""
+    index_rows, quarantine_rows = [], []
+    for r in results.to_pylist():
+        if r["status"] == "featurised":
+            index_rows.append({"item_id": r["item_id"], "audio_path": r["path"], "sha256": r["sha256"],
+                               "part": r["part"], "n_frames": r["n_frames"]})
+        elif r["status"] == "skipped":
+            index_rows.append(reusable[r["item_id"]] | {"audio_path": r["path"]})
+        else:
+            quarantine_rows.append({k: r[k] for k in store.QUARANTINE_SCHEMA.names})
+    return (pa.Table.from_pylist(index_rows, schema=store.INDEX_SCHEMA),
+            pa.Table.from_pylist(quarantine_rows, schema=store.QUARANTINE_SCHEMA))
+
+
+def _versions() -> dict[str, str | None]:
+    import soundfile
+
+    found = {name: version(name) for name in ("atflrec", "ray", "torch", "torchaudio", "pyarrow", "numpy", "soundfile")}
+    return found | {"python": platform.python_version(), "libsndfile": soundfile.__libsndfile_version__,
+                    "ffmpeg": shutil.which("ffmpeg")}
+
+
+def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfig) -> FeatureSummary:
+    """Featurise a dataset's audio into the store at ``out_uri`` (path or URI); incremental."""
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc)
+    run_id = started_at.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    dataset = load_dataset(data_dir)
+    item_ids = dataset.items.column("item_id").to_pylist()
+    audio_paths = dataset.items.column("audio_path").to_pylist()
+    duplicates = sorted(i for i, n in Counter(item_ids).items() if n > 1)
+    if duplicates:
+        raise DatasetError(f"items.parquet repeats item_id(s) {duplicates[:5]}; run `atflrec data validate`")
+
+    store_uri = store.absolute_uri(out_uri)
+    params = feature_params(config)
+    param_hash = _param_hash(params)
+    previous = store.read_manifest(store_uri)
+    old_index = store.read_index(store_uri, previous) if previous else store.INDEX_SCHEMA.empty_table()
+    same_params = previous is not None and previous["param_hash"] == param_hash
+    reusable = {row["item_id"]: row for row in old_index.to_pylist()} if same_params else {}
+    rows = [
+        {"item_id": i, "audio_path": p, "stored_sha256": reusable[i]["sha256"] if i in reusable else ""}
+        for i, p in zip(item_ids, audio_paths)
+    ]
+    plan_s = time.perf_counter() - started
+
+    start = time.perf_counter()
+    cpus = _connect(config.address) if rows else 0
+    ray_start_s = time.perf_counter() - start
+    start = time.perf_counter()
+    data_root = str(Path(data_dir).resolve())
+    results = _run_pipeline(rows, data_root, store_uri, config, run_id, cpus) if rows else RESULT_SCHEMA.empty_table()
+    pipeline_s = time.perf_counter() - start
+    statuses = _check_accounting(item_ids, results)
+
+    index, quarantine = _split_results(results, reusable)
+    stored_ids = set(index.column("item_id").to_pylist())
+    dropped = len(set(old_index.column("item_id").to_pylist()) - stored_ids)
+    # Same rows as the live index: keep its file, so an unchanged rerun writes no table at all.
+    unchanged = previous is not None and old_index.sort_by("item_id").equals(index.sort_by("item_id"))
+    reasons = dict(Counter(quarantine.column("reason").to_pylist()))
+    worker_s = {name: float(np.sum(results.column(name).to_numpy()))
+                for name in ("read_s", "decode_s", "features_s", "write_s")}
+    counts = {"inputs": len(item_ids), **{s: statuses[s] for s in STATUSES}, "dropped": dropped}
+    manifest = {
+        "store_version": store.STORE_VERSION,
+        "params": params,
+        "param_hash": param_hash,
+        "index": previous["index"] if unchanged else f"index-{run_id}.parquet",
+        "stored_items": index.num_rows,
+        "quarantined_items": quarantine.num_rows,
+        "last_run": {
+            "run_id": run_id,
+            "started_at": started_at.isoformat(),
+            "data_dir": data_root,
+            "counts": counts,
+            "reasons": reasons,
+            "timings_s": {"plan": plan_s, "ray_start": ray_start_s, "pipeline": pipeline_s,
+                          **{f"workers_{k}": v for k, v in worker_s.items()}},
+            "ray": {"address": config.address, "cpus": cpus},
+            "versions": _versions(),
+        },
+    }
+    store.commit(store_uri, manifest, index, quarantine)
+    return FeatureSummary(
+        store=store_uri, n_mels=config.n_mels, clip_seconds=config.clip_seconds, inputs=len(item_ids),
+        featurised=statuses["featurised"], skipped=statuses["skipped"], quarantined=statuses["quarantined"],
+        dropped=dropped, reasons=reasons, seconds=time.perf_counter() - started, pipeline_seconds=pipeline_s,
+    )
