@@ -60,6 +60,42 @@ def _data_import_microlens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_import_instructions(args: argparse.Namespace) -> int:
+    from atflrec.data.instructions import import_instructions
+
+    count = import_instructions(args.file, args.out, split=args.split)
+    print(f"wrote {count} {args.split} samples to {args.out}")
+    return 0
+
+
+# --- samples and single-process training ---------------------------------------------------
+
+def _samples(args: argparse.Namespace) -> int:
+    from atflrec.config import load_config
+    from atflrec.data.format import load_dataset
+    from atflrec.samples import SampleConfig, make_samples
+
+    overrides = _with_shorthands(args, {"history_len": "history_len", "seed": "seed"})
+    config = load_config(SampleConfig, args.config, overrides)
+    counts = make_samples(load_dataset(args.data), args.out, config)
+    print(", ".join(f"{split} {n}" for split, n in counts.items()) + f" samples in {args.out}")
+    return 0
+
+
+def _train_local(args: argparse.Namespace) -> int:
+    from atflrec.config import load_config
+    from atflrec.training.local import LocalTrainConfig, train_local
+
+    overrides = _with_shorthands(
+        args, {"samples": "samples", "features": "features", "out": "out", "shots": "shots", "seed": "seed"}
+    )
+    config = load_config(LocalTrainConfig, args.config, overrides)
+    result = train_local(config)
+    if result.artifact is not None:
+        print(f"artifact: {result.artifact}")
+    return 0
+
+
 # --- features -------------------------------------------------------------------------------
 
 def _features(args: argparse.Namespace) -> int:
@@ -131,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(microlens)
     microlens.set_defaults(handler=_data_import_microlens)
 
+    instructions = data_verbs.add_parser(
+        "import-instructions", help="import Alpaca-style instruction JSON (TALLRec) as text-only samples"
+    )
+    instructions.add_argument("file", help="JSON list of {instruction, input, output} records")
+    instructions.add_argument("--out", required=True, help="samples directory (one Parquet file per split)")
+    instructions.add_argument("--split", default="train", help="split to write (default: train)")
+    instructions.set_defaults(handler=_data_import_instructions)
+
     features = verbs.add_parser("features", help="Kaldi Mel filter-bank features into a Parquet store (Ray Data)")
     features.add_argument("--data", required=True, help="dataset directory (format v1)")
     features.add_argument("--out", required=True, help="feature store: local path or URI (s3://, gs://)")
@@ -139,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--address", help="Ray cluster address (e.g. auto); default starts Ray locally")
     _add_config_args(features)
     features.set_defaults(handler=_features)
+
+    samples = verbs.add_parser("samples", help="instruction samples with warm and cold-start splits")
+    samples.add_argument("--data", required=True, help="dataset directory (format v1)")
+    samples.add_argument("--out", required=True, help="samples directory to write")
+    samples.add_argument("--history-len", type=int, help="earlier interactions per history (default 10)")
+    samples.add_argument("--seed", type=int, help="seed for choosing the cold-start items")
+    _add_config_args(samples)
+    samples.set_defaults(handler=_samples)
+
+    train_local = verbs.add_parser("train-local", help="train and evaluate one model in this process (no Ray)")
+    train_local.add_argument("--samples", help="samples directory")
+    train_local.add_argument("--features", help="feature store URI (unset: no audio)")
+    train_local.add_argument("--out", help="artifact directory to write")
+    train_local.add_argument("--shots", type=int, help="few-shot training set size")
+    train_local.add_argument("--seed", type=int, help="seed for the draw, initialisation and shuffling")
+    _add_config_args(train_local)
+    train_local.set_defaults(handler=_train_local)
 
     model = verbs.add_parser("model", help="base models")
     model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")

@@ -54,3 +54,11 @@ def test_console_script_runs_without_traceback(tmp_path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "does not exist" in result.stdout + result.stderr
+
+
+def test_synth_then_samples_through_the_cli(tmp_path) -> None:
+    data, samples = tmp_path / "ds", tmp_path / "samples"
+    assert main(["data", "synth", "--out", str(data), "--users", "12", "--items", "30", "clip_seconds=1"]) == 0
+    assert main(["data", "validate", str(data)]) == 0
+    assert main(["samples", "--data", str(data), "--out", str(samples)]) == 0
+    assert sorted(p.name for p in samples.glob("*.parquet"))

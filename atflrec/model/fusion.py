@@ -1,0 +1,159 @@
+"""Fusion strategies: how adapters' outputs become one Yes-vs-No logit margin.
+
+A strategy declares the adapters it needs, the training stages that fit them, and ``combine``,
+which maps each adapter's :class:`PassOutput` to the final margin (score = sigmoid(margin), i.e.
+the softmax over the Yes/No logits). Adding a strategy is one registered class in this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from atflrec.config import StrictModel
+
+STRATEGIES: dict[str, type["FusionStrategy"]] = {}
+
+
+def register_strategy(name: str) -> Callable[[type["FusionStrategy"]], type["FusionStrategy"]]:
+    def add(cls: type["FusionStrategy"]) -> type["FusionStrategy"]:
+        STRATEGIES[name] = cls
+        return cls
+
+    return add
+
+
+@dataclass(frozen=True)
+class PassOutput:
+    """One adapter's forward pass, read at the answer position."""
+
+    margin: torch.Tensor  # [batch] logit(Yes) - logit(No)
+    hidden: torch.Tensor  # [batch, hidden] final (normed) hidden state
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: what it trains. ``adapter`` set: the loss is that adapter's own margin;
+    ``adapter`` None: every adapter runs frozen and the loss is on the strategy's combined margin."""
+
+    name: str
+    adapter: str | None
+    train_encoder: bool
+    train_fusion: bool
+
+
+class FusionStrategy(nn.Module):
+    adapters: ClassVar[tuple[str, ...]]
+    lora_mode: ClassVar[str]  # "shared" or "separate", for reports
+
+    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+        super().__init__()
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_strategy("early")
+class EarlyFusion(FusionStrategy):
+    """One shared adapter reads titles and audio tokens in the same prompt."""
+
+    adapters = ("shared",)
+    lora_mode = "shared"
+
+    def stages(self) -> list[Stage]:
+        return [Stage("shared", "shared", train_encoder=True, train_fusion=False)]
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        return outputs["shared"].margin
+
+
+@register_strategy("text_only")
+class TextOnly(FusionStrategy):
+    """The TALLRec baseline: one text adapter on text-only prompts, no audio."""
+
+    adapters = ("text",)
+    lora_mode = "text"
+
+    def stages(self) -> list[Stage]:
+        return [Stage("text", "text", train_encoder=False, train_fusion=False)]
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        return outputs["text"].margin
+
+
+class LateFusion(FusionStrategy):
+    """Text and audio adapters trained one after the other, each as its own scorer, then fused."""
+
+    adapters = ("text", "audio")
+    lora_mode = "separate"
+
+    def stages(self) -> list[Stage]:
+        return [
+            Stage("text", "text", train_encoder=False, train_fusion=False),
+            Stage("audio", "audio", train_encoder=True, train_fusion=False),
+            Stage("fusion", None, train_encoder=False, train_fusion=True),
+        ]
+
+
+@register_strategy("late_weighted")
+class LateWeighted(LateFusion):
+    """margin = w_text * m_text + w_audio * m_audio + b, starting as the plain average."""
+
+    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+        super().__init__(config, hidden_size)
+        self.weights = nn.Parameter(torch.full((2,), 0.5))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        margins = torch.stack([outputs["text"].margin, outputs["audio"].margin], dim=-1)
+        return margins.to(self.weights.dtype) @ self.weights + self.bias
+
+
+@register_strategy("late_head")
+class LateHead(LateFusion):
+    """A small MLP on both adapters' answer hidden states, added to the average margin.
+
+    The head's last layer starts at zero, so before fusion training the strategy scores exactly
+    like the average of the two adapters; the head learns corrections from the hidden states.
+    """
+
+    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+        super().__init__(config, hidden_size)
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden_size, config.head_hidden), nn.SiLU(), nn.Linear(config.head_hidden, 1)
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        text, audio = outputs["text"], outputs["audio"]
+        dtype = self.head[0].weight.dtype
+        features = torch.cat([text.hidden, audio.hidden], dim=-1).to(dtype)
+        average = (text.margin + audio.margin).to(dtype) / 2
+        return average + self.head(features).squeeze(-1)
+
+
+class FusionConfig(StrictModel):
+    strategy: str = Field(
+        "late_weighted",
+        description="fusion strategy: " + ", ".join(sorted(STRATEGIES)) + " (the paper's best: separate adapters, fused late)",
+    )
+    head_hidden: int = Field(64, ge=1, description="hidden width of the late_head MLP")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown fusion strategy {value!r}; choose one of {sorted(STRATEGIES)}")
+        return value
+
+
+def build_strategy(config: FusionConfig, hidden_size: int) -> FusionStrategy:
+    return STRATEGIES[config.strategy](config, hidden_size)

@@ -1,0 +1,64 @@
+"""Tiny stand-ins for the real base model, built locally in well under a second, for tests.
+
+``build_tiny_base(dir)`` writes a Hugging Face model directory (a 2-layer Llama and a byte-level
+BPE tokenizer with a ChatML chat template) that ``load_base_model(dir)`` reads like the real
+SmolLM2 directory. The tokenizer is trained on a few words, so every title still tokenizes (byte
+fallback) while "Yes"/"No" stay single tokens, with and without a leading space.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_CORPUS = [
+    "Given the user's preference and unpreference, identify whether the user will like the target song",
+    'by answering "Yes." or "No." User Preference: User Unpreference: Whether the user will like',
+    "system user assistant Yes No Yes. No. yes no",
+    "song music track rock jazz pop calm fast slow bright dark title tag",
+]
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab ~400) wrapped as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    # Repeat the answer words so they merge into single tokens in both spellings.
+    backend.train_from_iterator(_CORPUS * 4 + ["Yes No\nYes\nNo Yes No"] * 50, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def build_tiny_base(directory: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Llama + tokenizer to ``directory``; returns it (usable as a base-model ref)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,1 @@
+"""Training: the single-process loop (``local``) that the Ray Train workers reuse."""

@@ -1,0 +1,266 @@
+"""Single-process training and evaluation (no Ray): the core the distributed trainer wraps.
+
+Reusable pieces, in the order a run uses them: ``prepare_run`` (few-shot draw, ``load_item_features``,
+``build_model``, ``fit_audio_normalisation``, ``make_collator``) → ``train_run`` (per stage of the
+fusion strategy: ``make_optimizer`` and ``train_stage``, i.e. micro-batches through ``compute_loss``
+with gradient accumulation) → ``evaluate_run`` → ``save_artifact``. ``train_local`` chains them.
+A Ray Train worker calls the same ``build_model``, ``fit_audio_normalisation``, ``make_collator``,
+``make_batches``, ``compute_loss`` and ``evaluate``, and lets DeepSpeed own the optimizer step and
+gradient accumulation; per-stage trainable parameters come from ``ATFLRecModel.configure_stage``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager, Iterator, Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import Field
+
+from atflrec.config import ConfigError, StrictModel
+from atflrec.metrics import evaluate_scores
+from atflrec.model.artifact import save_artifact
+from atflrec.model.batch import Batch, Collator
+from atflrec.model.fusion import Stage
+from atflrec.model.network import ATFLRecModel, ModelConfig
+from atflrec.model.scoring import answer_loss, probability
+from atflrec.samples import SAMPLE_SCHEMA, few_shot, read_samples
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(1e-4, gt=0, description="learning rate of the LoRA adapters (TALLRec: 1e-4)")
+    encoder_lr: float = Field(1e-3, gt=0, description="learning rate of the audio encoder (trained from scratch)")
+    fusion_lr: float = Field(1e-2, gt=0, description="learning rate of the fusion weights or head")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(8, ge=1, description="samples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    epochs: int = Field(3, ge=1, description="passes over the training samples, per stage")
+    max_steps: int | None = Field(None, ge=1, description="cap on optimizer steps per stage (smoke runs)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; unset disables it")
+
+
+class LocalTrainConfig(StrictModel):
+    """``atflrec train-local``: one model trained and evaluated in this process."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
+    samples: str | None = Field(None, description="samples directory (from `atflrec samples` or import-instructions); required")
+    features: str | None = Field(None, description="feature store URI; unset trains without audio")
+    shots: int | None = Field(64, ge=1, description="few-shot training set size; unset uses every train sample")
+    seed: int = Field(0, description="seed for the few-shot draw, initialisation and shuffling")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimisation")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocasts the forward pass")
+    device: str = Field("auto", description="torch device; auto picks cuda when available")
+    eval_splits: list[str] = Field(default_factory=lambda: ["val", "test", "cold"], description="splits to score")
+    eval_batch_size: int = Field(16, ge=1, description="samples per scoring batch")
+    max_eval_samples: int | None = Field(None, ge=1, description="seeded subsample of each eval split")
+    out: str | None = Field(None, description="artifact directory to write (unset: none)")
+
+
+@dataclass
+class TrainResult:
+    losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, per optimizer step
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per eval split
+    samples_per_s: dict[str, float] = field(default_factory=dict)  # per stage
+    artifact: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def build_model(config: ModelConfig, seed: int = 0, device: torch.device | str = "cpu") -> ATFLRecModel:
+    """Base model + fresh adapters, encoder and fusion (initialised from ``seed``)."""
+    from atflrec.models.fetch import load_base_model
+
+    base, tokenizer = load_base_model(config.base_model)
+    torch.manual_seed(seed)
+    return ATFLRecModel(config, base, tokenizer).to(device)
+
+
+def load_item_features(store: str | None, n_mels: int, tables: Sequence[pa.Table]) -> dict[str, np.ndarray]:
+    """Features of every item the samples cite (targets and histories); ``{}`` without a store."""
+    if store is None:
+        return {}
+    from atflrec.features.store import load_features
+
+    ids: set[str] = set()
+    for table in tables:
+        ids.update(table.column("item_id").to_pylist())
+        for column in ("liked_ids", "disliked_ids"):
+            for row in table.column(column).to_pylist():
+                ids.update(row)
+    return load_features(store, n_mels, sorted(ids))
+
+
+def fit_audio_normalisation(model: ATFLRecModel, rows: Sequence[dict[str, Any]], features: dict[str, np.ndarray]) -> None:
+    """Fit the encoder's per-bin normalisation on the audio of the items the training rows cite."""
+    ids = {i for r in rows for i in [r["item_id"], *r["liked_ids"], *r["disliked_ids"]]}
+    clips = [features[i] for i in sorted(ids) if i in features]
+    if clips:
+        model.encoder.fit_normalisation(clips)
+
+
+def make_collator(model: ATFLRecModel, features: dict[str, np.ndarray]) -> Collator:
+    enc = model.config.encoder
+    return Collator(model.tokenizer, model.config.prompt, model.prompt_kinds, enc.tokens_per_item, enc.n_mels, features)
+
+
+def make_batches(rows: Sequence[dict[str, Any]], batch_size: int, seed: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Rows in micro-batches; shuffled with ``seed`` unless it is None."""
+    order = np.arange(len(rows)) if seed is None else np.random.default_rng(seed).permutation(len(rows))
+    for start in range(0, len(rows), batch_size):
+        yield [rows[i] for i in order[start:start + batch_size]]
+
+
+def compute_loss(model: torch.nn.Module, batch: Batch, stage: Stage, precision: str, device: torch.device) -> torch.Tensor:
+    """Cross-entropy over the Yes/No answer for one micro-batch (``model`` may be a wrapper)."""
+    with autocast(precision, device):
+        margin = model(batch, stage)
+    return answer_loss(margin, batch.labels)
+
+
+def make_optimizer(model: ATFLRecModel, stage: Stage, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over exactly the stage's trainable parts, one learning rate per part."""
+    model.configure_stage(stage)
+    groups = []
+    if stage.adapter is not None:
+        groups.append({"params": [p for p in model.llm.parameters() if p.requires_grad], "lr": optim.lr})
+    if stage.train_encoder:
+        groups.append({"params": list(model.encoder.parameters()), "lr": optim.encoder_lr})
+    if stage.train_fusion:
+        groups.append({"params": list(model.fusion.parameters()), "lr": optim.fusion_lr})
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=optim.weight_decay)
+
+
+def train_stage(model: ATFLRecModel, stage: Stage, rows: Sequence[dict[str, Any]], collator: Collator,
+                optim: OptimConfig, precision: str = "fp32", seed: int = 0) -> tuple[list[float], float]:
+    """Train one stage; returns the mean loss of each optimizer step and samples/s."""
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model, stage, optim)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    model.train()
+    losses: list[float] = []
+    step_loss, micro, seen, start = 0.0, 0, 0, time.perf_counter()
+    for epoch in range(optim.epochs):
+        batches = list(make_batches(rows, optim.batch_size, seed=seed + epoch))
+        for index, chunk in enumerate(batches):
+            batch = collator(chunk).to(device)
+            loss = compute_loss(model, batch, stage, precision, device) / optim.grad_accum
+            loss.backward()
+            step_loss += loss.item()
+            micro += 1
+            seen += len(chunk)
+            if micro == optim.grad_accum or index == len(batches) - 1:  # an epoch's tail steps too
+                if optim.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(step_loss * optim.grad_accum / micro)
+                step_loss, micro = 0.0, 0
+                if optim.max_steps is not None and len(losses) >= optim.max_steps:
+                    return losses, seen / (time.perf_counter() - start)
+    return losses, seen / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, rows: Sequence[dict[str, Any]], collator: Collator, batch_size: int,
+            precision: str = "fp32") -> np.ndarray:
+    """P(Yes) per row, in row order, from the full (fused) model."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scores = []
+    for chunk in make_batches(rows, batch_size):
+        with autocast(precision, device):
+            scores.append(probability(model(collator(chunk).to(device))).cpu())
+    model.train(was_training)
+    return torch.cat(scores).numpy() if scores else np.zeros(0)
+
+
+def evaluate(model: torch.nn.Module, rows: Sequence[dict[str, Any]], collator: Collator, batch_size: int,
+             precision: str = "fp32") -> dict[str, float]:
+    """AUC, GAUC and log loss of the full model on ``rows``."""
+    scores = predict(model, rows, collator, batch_size, precision)
+    return evaluate_scores([r["label"] for r in rows], scores, [r["user_id"] for r in rows])
+
+
+def load_eval_rows(config: LocalTrainConfig, split: str) -> list[dict[str, Any]]:
+    """A split's rows, subsampled with the run's seed when ``max_eval_samples`` asks for it."""
+    table = read_samples(config.samples, split)
+    if config.max_eval_samples is not None and table.num_rows > config.max_eval_samples:
+        table = few_shot(table, config.max_eval_samples, config.seed)
+    return table.to_pylist()
+
+
+@dataclass
+class LocalRun:
+    """Everything a run trains and evaluates with, built once by :func:`prepare_run`."""
+
+    config: LocalTrainConfig
+    model: ATFLRecModel
+    collator: Collator
+    train_rows: list[dict[str, Any]]
+    eval_rows: dict[str, list[dict[str, Any]]]
+
+
+def prepare_run(config: LocalTrainConfig) -> LocalRun:
+    """Few-shot draw, eval rows, audio features, a fresh model with its normalisation fitted."""
+    if config.samples is None:
+        raise ConfigError("samples: set the samples directory (e.g. samples=runs/samples)")
+    train = read_samples(config.samples, "train")
+    if config.shots is not None:
+        train = few_shot(train, config.shots, config.seed)
+    evals = {split: load_eval_rows(config, split) for split in config.eval_splits}
+    cited = [train] + [pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA) for rows in evals.values()]
+    features = load_item_features(config.features, config.model.encoder.n_mels, cited)
+    model = build_model(config.model, config.seed, resolve_device(config.device))
+    rows = train.to_pylist()
+    fit_audio_normalisation(model, rows, features)
+    return LocalRun(config, model, make_collator(model, features), rows, evals)
+
+
+def train_run(run: LocalRun) -> TrainResult:
+    """Train every stage of the run's fusion strategy in order."""
+    result = TrainResult()
+    for stage in run.model.fusion.stages():
+        losses, speed = train_stage(run.model, stage, run.train_rows, run.collator, run.config.optim,
+                                    run.config.precision, run.config.seed)
+        result.losses[stage.name], result.samples_per_s[stage.name] = losses, speed
+        print(f"stage {stage.name}: loss {losses[0]:.4f} → {losses[-1]:.4f}, {speed:.1f} samples/s", flush=True)
+    run.model.configure_stage(None)
+    return result
+
+
+def evaluate_run(run: LocalRun) -> dict[str, dict[str, float]]:
+    """Metrics of the full model on every eval split."""
+    metrics = {}
+    for split, rows in run.eval_rows.items():
+        metrics[split] = evaluate(run.model, rows, run.collator, run.config.eval_batch_size, run.config.precision)
+        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()), flush=True)
+    return metrics
+
+
+def train_local(config: LocalTrainConfig) -> TrainResult:
+    """Prepare, train every stage, evaluate, and save the artifact when ``out`` is set."""
+    run = prepare_run(config)
+    result = train_run(run)
+    result.metrics = evaluate_run(run)
+    if config.out is not None:
+        extra = {"train": config.model_dump(mode="json"), "metrics": result.metrics}
+        result.artifact = str(save_artifact(run.model, config.out, extra=extra))
+        (Path(config.out) / "losses.json").write_text(json.dumps(result.losses) + "\n")
+    return result

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss as sk_log_loss
+from sklearn.metrics import roc_auc_score
+
+from atflrec.metrics import auc, gauc, log_loss
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.random(200) * 0.5 + labels * 0.3, 2)  # rounding creates ties
+    users = rng.choice([f"u{i}" for i in range(12)], 200)
+    return labels, scores, users
+
+
+def test_auc_matches_sklearn_including_ties(data) -> None:
+    labels, scores, _ = data
+    assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_gauc_is_the_weighted_mean_of_per_user_sklearn_aucs(data) -> None:
+    labels, scores, users = data
+    users = users.copy()
+    users[:3], labels[:3] = "u99", 1  # a user with one class is left out
+    per_user, weights = [], []
+    for user in set(users) - {"u99"}:
+        rows = users == user
+        per_user.append(roc_auc_score(labels[rows], scores[rows]))
+        weights.append(rows.sum())
+    assert gauc(labels, scores, users) == pytest.approx(np.average(per_user, weights=weights), abs=1e-12)
+    assert gauc(labels, scores, users, weighted=False) == pytest.approx(np.mean(per_user), abs=1e-12)
+
+
+def test_log_loss_matches_sklearn(data) -> None:
+    labels, scores, _ = data
+    probabilities = np.clip(scores, 0.01, 0.99)
+    assert log_loss(labels, probabilities) == pytest.approx(sk_log_loss(labels, probabilities), abs=1e-12)
+
+
+def test_one_class_gives_nan() -> None:
+    assert np.isnan(auc([1, 1], [0.2, 0.3])) and np.isnan(gauc([1, 1], [0.2, 0.3], ["a", "a"]))
