@@ -116,7 +116,7 @@ def _features(args: argparse.Namespace) -> int:
 # --- model ----------------------------------------------------------------------------------
 
 def _model_fetch(args: argparse.Namespace) -> int:
-    from atflrec.models.fetch import DEFAULT_MODEL, fetch_model
+    from atflrec.base_model.fetch import DEFAULT_MODEL, fetch_model
 
     path = fetch_model(args.name or DEFAULT_MODEL, cache_dir=args.cache_dir, force=args.force)
     print(path)

@@ -17,7 +17,7 @@ from atflrec.config import StrictModel, dump_config
 from atflrec.data.synth import SynthConfig
 from atflrec.errors import UserError
 from atflrec.features.pipeline import FeatureConfig
-from atflrec.models.fetch import DEFAULT_MODEL
+from atflrec.base_model.fetch import DEFAULT_MODEL
 
 
 class DemoConfig(StrictModel):
@@ -43,7 +43,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     from atflrec.data.synth import generate
     from atflrec.data.validate import validate_dataset
     from atflrec.features.pipeline import build_feature_store
-    from atflrec.models.fetch import resolve_base_model
+    from atflrec.base_model.fetch import resolve_base_model
 
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

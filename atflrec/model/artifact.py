@@ -85,7 +85,7 @@ def load_artifact(path: str | Path, base_model: str | None = None, dtype: torch.
     elsewhere, e.g. another cache directory)."""
     from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-    from atflrec.models.fetch import load_base_model
+    from atflrec.base_model.fetch import load_base_model
 
     path = Path(path)
     meta = read_meta(path)

@@ -19,7 +19,7 @@ from atflrec.model.audio_encoder import AudioEncoder, AudioEncoderConfig
 from atflrec.model.batch import AUDIO, TEXT, Batch, PromptInputs
 from atflrec.model.fusion import FusionConfig, PassOutput, Stage, build_strategy
 from atflrec.model.scoring import answer_margin, yes_no_token_ids
-from atflrec.models.fetch import DEFAULT_MODEL
+from atflrec.base_model.fetch import DEFAULT_MODEL
 from atflrec.prompts import PromptConfig, add_audio_token
 
 

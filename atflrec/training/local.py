@@ -84,7 +84,7 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
 
 def build_model(config: ModelConfig, seed: int = 0, device: torch.device | str = "cpu") -> ATFLRecModel:
     """Base model + fresh adapters, encoder and fusion (initialised from ``seed``)."""
-    from atflrec.models.fetch import load_base_model
+    from atflrec.base_model.fetch import load_base_model
 
     base, tokenizer = load_base_model(config.base_model)
     torch.manual_seed(seed)

