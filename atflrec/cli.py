@@ -9,31 +9,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from atflrec.errors import UserError
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
 Handler = Callable[[argparse.Namespace], int]
+M = TypeVar("M", bound="BaseModel")
 
 
-def _with_shorthands(args: argparse.Namespace, shorthands: dict[str, str]) -> list[str]:
-    """Turn shorthand flags that were given into ``key=value`` overrides (explicit overrides win)."""
-    overrides = []
-    for attr, key in shorthands.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return overrides + list(args.overrides)
+def _with_shorthands(args: argparse.Namespace, shorthands: tuple[str, ...]) -> list[str]:
+    """Turn shorthand flags that were given into ``key=value`` overrides (explicit overrides win).
+    Each shorthand flag is named after the config key it sets."""
+    given = [f"{key}={getattr(args, key)}" for key in shorthands if getattr(args, key, None) is not None]
+    return given + list(args.overrides)
+
+
+def _stage_config(args: argparse.Namespace, model: type[M], shorthands: tuple[str, ...]) -> M:
+    """The verb's config: ``--config`` file, then shorthand flags, then ``key=value`` overrides."""
+    from atflrec.config import load_config
+
+    return load_config(model, args.config, _with_shorthands(args, shorthands))
 
 
 # --- data -----------------------------------------------------------------------------------
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from atflrec.config import load_config
     from atflrec.data.synth import SynthConfig, generate
 
-    overrides = _with_shorthands(args, {"users": "users", "items": "items", "seed": "seed"})
-    config = load_config(SynthConfig, args.config, overrides)
+    config = _stage_config(args, SynthConfig, ("users", "items", "seed"))
     summary = generate(config, args.out)
     print(summary.describe())
     return 0
@@ -48,13 +54,9 @@ def _data_validate(args: argparse.Namespace) -> int:
 
 
 def _data_import_microlens(args: argparse.Namespace) -> int:
-    from atflrec.config import load_config
     from atflrec.data.microlens import MicroLensImportConfig, import_microlens
 
-    overrides = _with_shorthands(
-        args, {"negatives_per_positive": "negatives_per_positive", "seed": "seed"}
-    )
-    config = load_config(MicroLensImportConfig, args.config, overrides)
+    config = _stage_config(args, MicroLensImportConfig, ("negatives_per_positive", "seed"))
     summary = import_microlens(args.src, args.out, config)
     print(summary.describe())
     return 0
@@ -71,25 +73,19 @@ def _data_import_instructions(args: argparse.Namespace) -> int:
 # --- samples and single-process training ---------------------------------------------------
 
 def _samples(args: argparse.Namespace) -> int:
-    from atflrec.config import load_config
     from atflrec.data.format import load_dataset
     from atflrec.samples import SampleConfig, make_samples
 
-    overrides = _with_shorthands(args, {"history_len": "history_len", "seed": "seed"})
-    config = load_config(SampleConfig, args.config, overrides)
+    config = _stage_config(args, SampleConfig, ("history_len", "seed"))
     counts = make_samples(load_dataset(args.data), args.out, config)
     print(", ".join(f"{split} {n}" for split, n in counts.items()) + f" samples in {args.out}")
     return 0
 
 
 def _train_local(args: argparse.Namespace) -> int:
-    from atflrec.config import load_config
     from atflrec.training.local import LocalTrainConfig, train_local
 
-    overrides = _with_shorthands(
-        args, {"samples": "samples", "features": "features", "out": "out", "shots": "shots", "seed": "seed"}
-    )
-    config = load_config(LocalTrainConfig, args.config, overrides)
+    config = _stage_config(args, LocalTrainConfig, ("samples", "features", "out", "shots", "seed"))
     result = train_local(config)
     if result.artifact is not None:
         print(f"artifact: {result.artifact}")
@@ -99,15 +95,11 @@ def _train_local(args: argparse.Namespace) -> int:
 # --- features -------------------------------------------------------------------------------
 
 def _features(args: argparse.Namespace) -> int:
-    from atflrec.config import load_config
     from atflrec.features.pipeline import FeatureConfig, build_feature_store
 
     if args.n_mels is not None:
         args.n_mels = "[" + args.n_mels + "]"  # "40,80" -> YAML list [40,80]
-    overrides = _with_shorthands(
-        args, {"n_mels": "n_mels", "clip_seconds": "clip_seconds", "address": "address"}
-    )
-    config = load_config(FeatureConfig, args.config, overrides)
+    config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address"))
     summary = build_feature_store(args.data, args.out, config)
     print(summary.describe())
     return 0
@@ -126,11 +118,9 @@ def _model_fetch(args: argparse.Namespace) -> int:
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
-    from atflrec.config import load_config
     from atflrec.demo import DemoConfig, run_demo
 
-    overrides = _with_shorthands(args, {"workdir": "workdir"})
-    config = load_config(DemoConfig, args.config, overrides)
+    config = _stage_config(args, DemoConfig, ("workdir",))
     run_demo(config)
     return 0
 

@@ -7,7 +7,7 @@ A pooling is one class in :data:`POOLINGS`; adding one there makes it selectable
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -15,16 +15,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from atflrec.config import StrictModel
+from atflrec.registry import Registry
 
-POOLINGS: dict[str, type["Pooling"]] = {}
-
-
-def register_pooling(name: str) -> Callable[[type["Pooling"]], type["Pooling"]]:
-    def add(cls: type["Pooling"]) -> type["Pooling"]:
-        POOLINGS[name] = cls
-        return cls
-
-    return add
+POOLINGS: Registry[type["Pooling"]] = Registry("pooling")
 
 
 class Pooling(nn.Module):
@@ -38,20 +31,20 @@ class Pooling(nn.Module):
         raise NotImplementedError
 
 
-@register_pooling("mean")
+@POOLINGS.register("mean")
 class MeanPooling(Pooling):
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weights = mask.unsqueeze(-1).to(frames.dtype)
         return (frames * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-@register_pooling("max")
+@POOLINGS.register("max")
 class MaxPooling(Pooling):
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return frames.masked_fill(~mask.unsqueeze(-1), torch.finfo(frames.dtype).min).amax(1)
 
 
-@register_pooling("attention")
+@POOLINGS.register("attention")
 class AttentionPooling(Pooling):
     """A learned score per frame, softmax over the real frames, weighted sum."""
 
@@ -64,7 +57,7 @@ class AttentionPooling(Pooling):
         return (scores.softmax(-1).unsqueeze(-1) * frames).sum(1)
 
 
-@register_pooling("mean_max")
+@POOLINGS.register("mean_max")
 class MeanMaxPooling(Pooling):
     """Mean and max side by side (twice the width)."""
 
@@ -83,16 +76,14 @@ class AudioEncoderConfig(StrictModel):
     n_mels: int = Field(80, ge=1, description="Mel filter banks per frame (the paper's best: 80)")
     layers: int = Field(2, ge=1, description="fully connected SiLU layers applied to every frame")
     width: int = Field(256, ge=1, description="width of the frame layers")
-    pooling: str = Field("max", description="pooling over time: " + ", ".join(sorted(POOLINGS)) + " (paper's best: max)")
+    pooling: str = Field("max", description="pooling over time: " + ", ".join(POOLINGS) + " (paper's best: max)")
     tokens_per_item: int = Field(1, ge=1, description="soft tokens per item (k placeholders after each title)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each frame layer")
 
     @field_validator("pooling")
     @classmethod
     def _known_pooling(cls, value: str) -> str:
-        if value not in POOLINGS:
-            raise ValueError(f"unknown pooling {value!r}; choose one of {sorted(POOLINGS)}")
-        return value
+        return POOLINGS.validate(value)
 
 
 class AudioEncoder(nn.Module):

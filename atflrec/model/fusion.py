@@ -8,23 +8,16 @@ the softmax over the Yes/No logits). Adding a strategy is one registered class i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
 from atflrec.config import StrictModel
+from atflrec.registry import Registry
 
-STRATEGIES: dict[str, type["FusionStrategy"]] = {}
-
-
-def register_strategy(name: str) -> Callable[[type["FusionStrategy"]], type["FusionStrategy"]]:
-    def add(cls: type["FusionStrategy"]) -> type["FusionStrategy"]:
-        STRATEGIES[name] = cls
-        return cls
-
-    return add
+STRATEGIES: Registry[type["FusionStrategy"]] = Registry("fusion strategy")
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ class FusionStrategy(nn.Module):
         raise NotImplementedError
 
 
-@register_strategy("early")
+@STRATEGIES.register("early")
 class EarlyFusion(FusionStrategy):
     """One shared adapter reads titles and audio tokens in the same prompt."""
 
@@ -74,7 +67,7 @@ class EarlyFusion(FusionStrategy):
         return outputs["shared"].margin
 
 
-@register_strategy("text_only")
+@STRATEGIES.register("text_only")
 class TextOnly(FusionStrategy):
     """The TALLRec baseline: one text adapter on text-only prompts, no audio."""
 
@@ -102,7 +95,7 @@ class LateFusion(FusionStrategy):
         ]
 
 
-@register_strategy("late_weighted")
+@STRATEGIES.register("late_weighted")
 class LateWeighted(LateFusion):
     """margin = w_text * m_text + w_audio * m_audio + b, starting as the plain average."""
 
@@ -116,7 +109,7 @@ class LateWeighted(LateFusion):
         return margins.to(self.weights.dtype) @ self.weights + self.bias
 
 
-@register_strategy("late_head")
+@STRATEGIES.register("late_head")
 class LateHead(LateFusion):
     """A small MLP on both adapters' answer hidden states, added to the average margin.
 
@@ -143,16 +136,14 @@ class LateHead(LateFusion):
 class FusionConfig(StrictModel):
     strategy: str = Field(
         "late_weighted",
-        description="fusion strategy: " + ", ".join(sorted(STRATEGIES)) + " (the paper's best: separate adapters, fused late)",
+        description="fusion strategy: " + ", ".join(STRATEGIES) + " (the paper's best: separate adapters, fused late)",
     )
     head_hidden: int = Field(64, ge=1, description="hidden width of the late_head MLP")
 
     @field_validator("strategy")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown fusion strategy {value!r}; choose one of {sorted(STRATEGIES)}")
-        return value
+        return STRATEGIES.validate(value)
 
 
 def build_strategy(config: FusionConfig, hidden_size: int) -> FusionStrategy:
