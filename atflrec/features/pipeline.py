@@ -44,11 +44,11 @@ from pydantic import Field, field_validator
 
 from atflrec.config import StrictModel
 from atflrec.data.format import DatasetError, UnsafeAudioPath, load_dataset, resolve_audio_path
-from atflrec.errors import UserError
 from atflrec.features import store
 from atflrec.features.audio import BadAudio, decode
 from atflrec.features.clip import ClipFeatures, clip_samples, featurise_samples
 from atflrec.features.fbank import KALDI_OPTIONS, MAX_MELS, MIN_MELS, SAMPLE_RATE, frame_count
+from atflrec.ray_connect import connect
 
 # Bump when a code change alters the features for the same audio and parameters.
 FEATURE_VERSION = 1
@@ -227,23 +227,6 @@ def _featurise_batch(batch: pa.Table, *, data_root: str, store_uri: str, n_mels:
 
 # --- driver side ------------------------------------------------------------------------------
 
-def _connect(address: str | None) -> int:
-    """Join ``address`` or start Ray locally, unless Ray is already up; returns the cluster's CPUs."""
-    import ray  # here, not at the top: importing Ray is slow and reading configs must stay quick
-
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address) if address else ray.init()
-        except ray.exceptions.AuthenticationError as exc:
-            raise UserError(
-                f"the Ray cluster at {address!r} refused this client's token: {exc}\n"
-                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token (`ray get-auth-token` on the head)"
-            ) from None
-        except ConnectionError as exc:
-            raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 def _run_pipeline(rows: list[dict[str, str]], data_root: str, store_uri: str, config: FeatureConfig,
                   run_id: str, cpus: int) -> pa.Table:
     import ray
@@ -331,7 +314,7 @@ def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfi
     plan_s = time.perf_counter() - started
 
     start = time.perf_counter()
-    cpus = _connect(config.address) if rows else 0
+    cpus = connect(config.address) if rows else 0
     ray_start_s = time.perf_counter() - start
     start = time.perf_counter()
     data_root = str(Path(data_dir).resolve())

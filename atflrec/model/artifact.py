@@ -80,18 +80,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_artifact(path: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32) -> ATFLRecModel:
-    """Rebuild a saved model in eval mode. ``base_model`` overrides the saved reference (same weights
-    elsewhere, e.g. another cache directory)."""
+def load_weights(model: ATFLRecModel, path: str | Path) -> ATFLRecModel:
+    """Load an artifact's trained tensors (adapters, encoder, fusion) into ``model``, built from the
+    same config; the base model's weights are untouched."""
     from peft.utils import load_peft_weights, set_peft_model_state_dict
-
-    from atflrec.base_model.fetch import load_base_model
 
     path = Path(path)
     meta = read_meta(path)
-    config = ModelConfig.model_validate(meta["model"])
-    base, tokenizer = load_base_model(base_model or config.base_model, dtype=dtype)
-    model = ATFLRecModel(config, base, tokenizer)
     if list(model.answer_ids) != meta["answer_token_ids"] or model.audio_token_id != meta["audio_token_id"]:
         raise ArtifactError(f"{path}: the base model's tokenizer gives other answer/placeholder ids than when saved")
     for name in model.adapters:
@@ -101,4 +96,14 @@ def load_artifact(path: str | Path, base_model: str | None = None, dtype: torch.
             raise ArtifactError(f"{path}: adapter {name!r} has unexpected tensors {result.unexpected_keys[:3]}")
     model.encoder.load_state_dict(load_file(str(path / ENCODER_FILE)))
     model.fusion.load_state_dict(load_file(str(path / FUSION_FILE)))
-    return model.eval()
+    return model
+
+
+def load_artifact(path: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32) -> ATFLRecModel:
+    """Rebuild a saved model in eval mode. ``base_model`` overrides the saved reference (same weights
+    elsewhere, e.g. another cache directory)."""
+    from atflrec.base_model.fetch import load_base_model
+
+    config = ModelConfig.model_validate(read_meta(path)["model"])
+    base, tokenizer = load_base_model(base_model or config.base_model, dtype=dtype)
+    return load_weights(ATFLRecModel(config, base, tokenizer), path).eval()

@@ -108,6 +108,7 @@ class AudioEncoder(nn.Module):
         """``[batch, frames, n_mels]`` → ``[batch, tokens_per_item, hidden]``."""
         if mask is None:
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        features = features.to(self.feature_mean.dtype)  # the module may run in bf16 (DeepSpeed)
         normalised = (features - self.feature_mean) / self.feature_std
         pooled = self.pool(self.frames(normalised), mask)
         return self.project(pooled).view(-1, self.config.tokens_per_item, self.hidden_size)

@@ -46,7 +46,9 @@ class FusionStrategy(nn.Module):
     def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
         super().__init__()
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages(cls) -> list[Stage]:
+        """The training stages, in order (a class property: known before any model is built)."""
         raise NotImplementedError
 
     def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
@@ -60,7 +62,8 @@ class EarlyFusion(FusionStrategy):
     adapters = ("shared",)
     lora_mode = "shared"
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages(cls) -> list[Stage]:
         return [Stage("shared", "shared", train_encoder=True, train_fusion=False)]
 
     def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
@@ -74,11 +77,28 @@ class TextOnly(FusionStrategy):
     adapters = ("text",)
     lora_mode = "text"
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages(cls) -> list[Stage]:
         return [Stage("text", "text", train_encoder=False, train_fusion=False)]
 
     def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
         return outputs["text"].margin
+
+
+@STRATEGIES.register("audio_only")
+class AudioOnly(FusionStrategy):
+    """The audio adapter alone (with the encoder), on prompts with audio tokens after the titles:
+    the second half of the separate configuration, scored without the text adapter."""
+
+    adapters = ("audio",)
+    lora_mode = "audio"
+
+    @classmethod
+    def stages(cls) -> list[Stage]:
+        return [Stage("audio", "audio", train_encoder=True, train_fusion=False)]
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        return outputs["audio"].margin
 
 
 class LateFusion(FusionStrategy):
@@ -87,7 +107,8 @@ class LateFusion(FusionStrategy):
     adapters = ("text", "audio")
     lora_mode = "separate"
 
-    def stages(self) -> list[Stage]:
+    @classmethod
+    def stages(cls) -> list[Stage]:
         return [
             Stage("text", "text", train_encoder=False, train_fusion=False),
             Stage("audio", "audio", train_encoder=True, train_fusion=False),
@@ -102,7 +123,7 @@ class LateWeighted(LateFusion):
     def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
         super().__init__(config, hidden_size)
         self.weights = nn.Parameter(torch.full((2,), 0.5))
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed cannot broadcast 0-d parameters
 
     def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
         margins = torch.stack([outputs["text"].margin, outputs["audio"].margin], dim=-1)

@@ -45,8 +45,8 @@ class OptimConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; unset disables it")
 
 
-class LocalTrainConfig(StrictModel):
-    """``atflrec train-local``: one model trained and evaluated in this process."""
+class TrainingSettings(StrictModel):
+    """What any training run needs, in this process or on a Ray cluster."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
     samples: str | None = Field(None, description="samples directory (from `atflrec samples` or import-instructions); required")
@@ -54,11 +54,16 @@ class LocalTrainConfig(StrictModel):
     shots: int | None = Field(64, ge=1, description="few-shot training set size; unset uses every train sample")
     seed: int = Field(0, description="seed for the few-shot draw, initialisation and shuffling")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimisation")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocasts the forward pass")
-    device: str = Field("auto", description="torch device; auto picks cuda when available")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast locally, DeepSpeed bf16 on Ray")
     eval_splits: list[str] = Field(default_factory=lambda: ["val", "test", "cold"], description="splits to score")
     eval_batch_size: int = Field(16, ge=1, description="samples per scoring batch")
     max_eval_samples: int | None = Field(None, ge=1, description="seeded subsample of each eval split")
+
+
+class LocalTrainConfig(TrainingSettings):
+    """``atflrec train-local``: one model trained and evaluated in this process."""
+
+    device: str = Field("auto", description="torch device; auto picks cuda when available")
     out: str | None = Field(None, description="artifact directory to write (unset: none)")
 
 
@@ -82,13 +87,25 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return nullcontext()
 
 
-def build_model(config: ModelConfig, seed: int = 0, device: torch.device | str = "cpu") -> ATFLRecModel:
-    """Base model + fresh adapters, encoder and fusion (initialised from ``seed``)."""
+def build_model(config: ModelConfig, seed: int = 0, device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> ATFLRecModel:
+    """Base model (in ``dtype``) + fresh adapters, encoder and fusion (initialised from ``seed``)."""
     from atflrec.base_model.fetch import load_base_model
 
-    base, tokenizer = load_base_model(config.base_model)
+    base, tokenizer = load_base_model(config.base_model, dtype=dtype)
     torch.manual_seed(seed)
     return ATFLRecModel(config, base, tokenizer).to(device)
+
+
+def cited_item_ids(tables: Sequence[pa.Table]) -> list[str]:
+    """Every item the samples cite, as target or in a history (sorted)."""
+    ids: set[str] = set()
+    for table in tables:
+        ids.update(table.column("item_id").to_pylist())
+        for column in ("liked_ids", "disliked_ids"):
+            for row in table.column(column).to_pylist():
+                ids.update(row)
+    return sorted(ids)
 
 
 def load_item_features(store: str | None, n_mels: int, tables: Sequence[pa.Table]) -> dict[str, np.ndarray]:
@@ -97,19 +114,12 @@ def load_item_features(store: str | None, n_mels: int, tables: Sequence[pa.Table
         return {}
     from atflrec.features.store import load_features
 
-    ids: set[str] = set()
-    for table in tables:
-        ids.update(table.column("item_id").to_pylist())
-        for column in ("liked_ids", "disliked_ids"):
-            for row in table.column(column).to_pylist():
-                ids.update(row)
-    return load_features(store, n_mels, sorted(ids))
+    return load_features(store, n_mels, cited_item_ids(tables))
 
 
-def fit_audio_normalisation(model: ATFLRecModel, rows: Sequence[dict[str, Any]], features: dict[str, np.ndarray]) -> None:
-    """Fit the encoder's per-bin normalisation on the audio of the items the training rows cite."""
-    ids = {i for r in rows for i in [r["item_id"], *r["liked_ids"], *r["disliked_ids"]]}
-    clips = [features[i] for i in sorted(ids) if i in features]
+def fit_audio_normalisation(model: ATFLRecModel, item_ids: Sequence[str], features: dict[str, np.ndarray]) -> None:
+    """Fit the encoder's per-bin normalisation on the audio of ``item_ids`` (those the training rows cite)."""
+    clips = [features[i] for i in item_ids if i in features]
     if clips:
         model.encoder.fit_normalisation(clips)
 
@@ -198,7 +208,15 @@ def evaluate(model: torch.nn.Module, rows: Sequence[dict[str, Any]], collator: C
     return evaluate_scores([r["label"] for r in rows], scores, [r["user_id"] for r in rows])
 
 
-def load_eval_rows(config: LocalTrainConfig, split: str) -> list[dict[str, Any]]:
+def load_train_table(config: TrainingSettings) -> pa.Table:
+    """The training samples, drawn down to ``shots`` with the run's seed."""
+    if config.samples is None:
+        raise ConfigError("samples: set the samples directory (e.g. samples=runs/samples)")
+    train = read_samples(config.samples, "train")
+    return train if config.shots is None else few_shot(train, config.shots, config.seed)
+
+
+def load_eval_rows(config: TrainingSettings, split: str) -> list[dict[str, Any]]:
     """A split's rows, subsampled with the run's seed when ``max_eval_samples`` asks for it."""
     table = read_samples(config.samples, split)
     if config.max_eval_samples is not None and table.num_rows > config.max_eval_samples:
@@ -219,18 +237,13 @@ class LocalRun:
 
 def prepare_run(config: LocalTrainConfig) -> LocalRun:
     """Few-shot draw, eval rows, audio features, a fresh model with its normalisation fitted."""
-    if config.samples is None:
-        raise ConfigError("samples: set the samples directory (e.g. samples=runs/samples)")
-    train = read_samples(config.samples, "train")
-    if config.shots is not None:
-        train = few_shot(train, config.shots, config.seed)
+    train = load_train_table(config)
     evals = {split: load_eval_rows(config, split) for split in config.eval_splits}
     cited = [train] + [pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA) for rows in evals.values()]
     features = load_item_features(config.features, config.model.encoder.n_mels, cited)
     model = build_model(config.model, config.seed, resolve_device(config.device))
-    rows = train.to_pylist()
-    fit_audio_normalisation(model, rows, features)
-    return LocalRun(config, model, make_collator(model, features), rows, evals)
+    fit_audio_normalisation(model, cited_item_ids([train]), features)
+    return LocalRun(config, model, make_collator(model, features), train.to_pylist(), evals)
 
 
 def train_run(run: LocalRun) -> TrainResult:

@@ -23,7 +23,7 @@ def _config(base, strategy: str) -> ModelConfig:
 def test_training_on_planted_audio_lowers_the_loss(tiny_base_dir, planted) -> None:
     rows, features = planted
     model = build_model(_config(tiny_base_dir, "early"), seed=0)
-    fit_audio_normalisation(model, rows, features)
+    fit_audio_normalisation(model, sorted(features), features)
     collator = make_collator(model, features)
     before = evaluate(model, rows, collator, batch_size=16)
     optim = OptimConfig(lr=2e-2, encoder_lr=2e-2, batch_size=8, grad_accum=2, epochs=8)

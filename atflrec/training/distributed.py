@@ -1,0 +1,148 @@
+"""``atflrec train``: Ray Train (V2) ``TorchTrainer`` + DeepSpeed around the local loop's pieces.
+
+The driver reads the samples and the features their items need, hands them to the workers as Ray
+Data datasets (``train`` is split across workers; ``val``, the final splits and ``features`` are
+read whole by every worker), runs :func:`atflrec.training.worker.train_loop_per_worker` and exports
+the best checkpoint. A run lives at ``run.storage_path/run.name``; running again with ``resume``
+continues it from its latest checkpoint (Ray Train restores the run's checkpoint history).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from atflrec.config import ConfigError
+from atflrec.errors import UserError
+from atflrec.ray_connect import connect
+from atflrec.features.store import absolute_uri, resolve
+from atflrec.samples import SAMPLE_SCHEMA
+from atflrec.training.deepspeed_config import resolve_deepspeed_config
+from atflrec.training.distributed_config import TrainConfig
+from atflrec.training.local import cited_item_ids, load_eval_rows, load_item_features, load_train_table
+from atflrec.training.worker import FEATURES, SCORE, eval_dataset_name, train_loop_per_worker
+
+
+class TrainingError(UserError, RuntimeError):
+    """A run that could not start or did not finish."""
+
+
+@dataclass
+class TrainOutcome:
+    run_path: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # final splits, best checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report, in order
+    best_checkpoint: str | None = None
+    exported: str | None = None
+
+
+def features_table(features: dict[str, np.ndarray]) -> pa.Table:
+    """Item features as plain columns (float16 bytes + shape) that Ray Data moves without extensions."""
+    items = sorted(features)
+    return pa.table({
+        "item_id": pa.array(items, pa.string()),
+        "n_frames": pa.array([features[i].shape[0] for i in items], pa.int32()),
+        "n_mels": pa.array([features[i].shape[1] for i in items], pa.int32()),
+        "features": pa.array([np.ascontiguousarray(features[i], dtype=np.float16).tobytes() for i in items], pa.binary()),
+    })
+
+
+def run_exists(storage_path: str, name: str) -> bool:
+    fs, root = resolve(storage_path)
+    return fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound
+
+
+def build_datasets(config: TrainConfig, final_splits: list[str]) -> tuple[dict[str, Any], list[str], int]:
+    """Ray Data datasets for the workers, the items the training rows cite, and the train row count."""
+    import ray.data
+
+    train = load_train_table(config)
+    evals = {split: load_eval_rows(config, split) for split in ["val", *final_splits]}
+    eval_tables = [pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA) for rows in evals.values()]
+    features = load_item_features(config.features, config.model.encoder.n_mels, [train, *eval_tables])
+    datasets = {"train": ray.data.from_arrow(train), FEATURES: ray.data.from_arrow(features_table(features))}
+    for split, table in zip(evals, eval_tables):
+        datasets[eval_dataset_name(split)] = ray.data.from_arrow(table)
+    return datasets, cited_item_ids([train]), train.num_rows
+
+
+def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any] | None = None) -> Any:
+    """The ``TorchTrainer`` of a run (datasets read, DeepSpeed config resolved); ``callbacks`` are
+    Ray Train user callbacks (e.g. Tune's report callback when a Tune trial runs the trainer)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ds_config = resolve_deepspeed_config(
+        config.deepspeed.config, config.deepspeed.overrides, batch_size=config.optim.batch_size,
+        grad_accum=config.optim.grad_accum, max_grad_norm=config.optim.max_grad_norm,
+        bf16=config.precision == "bf16",
+    )
+    if config.precision == "bf16" and not config.scaling.use_gpu:
+        raise ConfigError("precision: bf16 runs on GPU workers (scaling.use_gpu=true); CPU workers train in fp32")
+    storage = absolute_uri(config.run.storage_path)
+    exists = run_exists(storage, config.run.name)
+    if exists and not resume:
+        raise TrainingError(f"run {config.run.name!r} already exists under {storage}; "
+                            "pass --resume to continue it or set run.name=... for a new run")
+    if resume and not exists:
+        raise TrainingError(f"--resume: no run {config.run.name!r} under {storage}")
+
+    connect(config.address)
+    final_splits = [s for s in config.eval_splits if s != "val"]
+    datasets, train_items, n_train = build_datasets(config, final_splits)
+    workers = config.scaling.num_workers
+    if n_train % workers:
+        print(f"note: {n_train} training samples over {workers} workers: Ray Data gives each worker "
+              f"{n_train // workers} per epoch so that all step together; {n_train % workers} per epoch are left out")
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump(mode="json"), "deepspeed": ds_config,
+                           "train_items": train_items, "final_splits": final_splits},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.scaling.use_gpu,
+                                     resources_per_worker=config.scaling.resources_per_worker()),
+        run_config=RunConfig(
+            name=config.run.name, storage_path=storage, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_best,
+                                               checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def outcome_of(result: Any, out: str | None) -> TrainOutcome:
+    """What a finished run reports; exports its best checkpoint to ``out`` when set."""
+    if result.error is not None:
+        raise TrainingError(f"training failed: {result.error}") from result.error
+    outcome = TrainOutcome(run_path=result.path)
+    returned = result.return_value or {}
+    outcome.history = returned.get("history", [])
+    outcome.metrics = returned.get("metrics", {})
+    outcome.best_checkpoint = returned.get("best_checkpoint")
+    if out is not None and outcome.best_checkpoint is not None:
+        best = [c for c, _ in result.best_checkpoints or [] if c.path == outcome.best_checkpoint]
+        if not best:
+            raise TrainingError(f"the best checkpoint {outcome.best_checkpoint} is not among the run's kept checkpoints")
+        outcome.exported = export_checkpoint(best[0], out)
+    return outcome
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainOutcome:
+    """Run (or with ``resume`` continue) a training run; returns its final metrics and paths."""
+    return outcome_of(build_trainer(config, resume).fit(), config.out)
+
+
+def export_checkpoint(checkpoint: Any, out: str) -> str:
+    """Copy a checkpoint (an artifact directory, possibly in remote storage) to ``out``, replacing it."""
+    target = Path(out)
+    if target.exists():
+        shutil.rmtree(target)
+    checkpoint.to_directory(str(target))
+    return str(target)

@@ -1,0 +1,182 @@
+"""Ray Train + DeepSpeed on 2 CPU workers with a tiny model: ZeRO-2/3, checkpoints, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from atflrec.model.artifact import load_artifact
+from atflrec.samples import read_samples
+from atflrec.training.distributed import TrainingError, train
+from atflrec.training.distributed_config import TrainConfig
+from atflrec.training.local import make_collator, predict
+from atflrec.training.worker import VAL_SCORES_FILE
+
+N_MELS = 8
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory, ray_cluster) -> Path:
+    """A very small built-in benchmark: data, an 8-bin feature store and samples."""
+    from atflrec.data.format import load_dataset
+    from atflrec.data.synth import SynthConfig, generate
+    from atflrec.features.pipeline import FeatureConfig, build_feature_store
+    from atflrec.samples import SampleConfig, make_samples
+
+    root = tmp_path_factory.mktemp("train-benchmark")
+    generate(SynthConfig(users=12, items=24, clip_seconds=0.5, interactions_per_user=(8, 12)), root / "data")
+    build_feature_store(root / "data", str(root / "features"), FeatureConfig(n_mels=[N_MELS], clip_seconds=0.5))
+    make_samples(load_dataset(root / "data"), root / "samples", SampleConfig(cold_item_fraction=0.2))
+    return root
+
+
+def _config(benchmark: Path, tiny_base_dir: Path, tmp_path: Path, **overrides) -> TrainConfig:
+    data = {
+        "model": {"base_model": str(tiny_base_dir), "encoder": {"n_mels": N_MELS, "width": 16},
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "fusion": {"strategy": "early"}},
+        "samples": str(benchmark / "samples"), "features": str(benchmark / "features"), "shots": 16, "seed": 0,
+        "optim": {"lr": 1e-2, "encoder_lr": 1e-2, "batch_size": 4, "epochs": 2},
+        "eval_splits": ["val", "test", "cold"],
+        "deepspeed": {"config": str(REPO / "configs/deepspeed/zero2_cpu.json")},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "run": {"name": "run", "storage_path": str(tmp_path / "storage"), "keep_best": 2},
+        "out": str(tmp_path / "best"),
+    }
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainConfig.model_validate(data)
+
+
+def _steps(config: TrainConfig, stages: int) -> int:
+    per_worker = config.shots // config.scaling.num_workers
+    return stages * config.optim.epochs * -(-per_worker // config.optim.batch_size)
+
+
+@pytest.mark.parametrize("zero", ["zero2_cpu", "zero3_cpu"])
+def test_a_run_finishes_and_its_best_checkpoint_reproduces_the_trainer_scores(benchmark, tiny_base_dir, tmp_path, zero):
+    config = _config(benchmark, tiny_base_dir, tmp_path, **{"deepspeed.config": str(REPO / f"configs/deepspeed/{zero}.json")})
+    outcome = train(config)
+
+    assert [h["global_step"] for h in outcome.history] == [_steps(config, 1) // 2, _steps(config, 1)]
+    assert set(outcome.metrics) == {"test", "cold"}
+    assert all(np.isfinite(outcome.metrics["test"]["log_loss"]) for _ in [0])
+    best = Path(outcome.exported)
+    # Only trained tensors, non-empty (ZeRO-3 partitions them; the checkpoint must hold them whole).
+    encoder = load_file(best / "encoder.safetensors")
+    assert encoder and all(t.numel() > 0 for t in encoder.values())
+    adapter = load_file(best / "adapters/shared/adapter_model.safetensors")
+    assert adapter and all(t.numel() > 0 and "lora_" in k for k, t in adapter.items())
+    # The checkpoint in the scoring path gives the scores the trainer computed for it.
+    model = load_artifact(best)
+    val = read_samples(config.samples, "val").to_pylist()
+    scores = predict(model, val, make_collator(model, _features(config, val)), batch_size=8)
+    trainer_scores = json.loads((best / VAL_SCORES_FILE).read_text())
+    assert np.allclose(scores, [trainer_scores[r["sample_id"]] for r in val], atol=1e-5)
+
+
+def _features(config: TrainConfig, rows) -> dict:
+    import pyarrow as pa
+
+    from atflrec.samples import SAMPLE_SCHEMA
+    from atflrec.training.local import load_item_features
+
+    return load_item_features(config.features, N_MELS, [pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)])
+
+
+def test_separate_adapters_train_every_stage_with_a_checkpoint_each(benchmark, tiny_base_dir, tmp_path):
+    config = _config(benchmark, tiny_base_dir, tmp_path, **{"model.fusion.strategy": "late_weighted", "optim.epochs": 1})
+    outcome = train(config)
+    assert [h["stage"] for h in outcome.history] == ["text", "audio", "fusion"]
+    assert outcome.history[-1]["global_step"] == _steps(config, 3)
+    weights = load_file(Path(outcome.exported) / "fusion.safetensors")["weights"]
+    assert not np.allclose(weights.numpy(), 0.5)  # the fusion stage trained the weights
+
+
+def train_worker_pids() -> list[int]:
+    """PIDs of this session cluster's Ray Train workers (children of its raylet; the state API
+    needs the dashboard, which the test cluster does not start)."""
+    import psutil
+    import ray
+
+    raylet = psutil.Process(ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid)
+    pids = []
+    for process in raylet.children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                pids.append(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_the_run_completes(benchmark, tiny_base_dir, tmp_path):
+    config = _config(benchmark, tiny_base_dir, tmp_path, **{"optim.epochs": 4})
+    storage = Path(config.run.storage_path) / config.run.name
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(storage.glob("checkpoint-*")):
+            time.sleep(0.5)
+        workers = train_worker_pids()
+        if workers:
+            os.kill(workers[-1], signal.SIGKILL)
+            killed.append(workers[-1])
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint)
+    killer.start()
+    outcome = train(config)
+    killer.join()
+    assert killed, "no worker was found to kill"
+    assert outcome.history[-1]["global_step"] == _steps(config, 1)
+    assert outcome.history[-1]["epoch"] == 4
+
+
+def test_resume_continues_an_interrupted_run(benchmark, tiny_base_dir, tmp_path):
+    config = _config(benchmark, tiny_base_dir, tmp_path, **{"optim.epochs": 3})
+    config_file = tmp_path / "train.json"
+    config_file.write_text(config.model_dump_json())
+    command = [str(Path(sys.executable).parent / "atflrec"), "train", "--config", str(config_file),
+               "scaling.num_workers=1", "address=local"]  # its own Ray, whatever else runs on the machine
+    storage = Path(config.run.storage_path) / config.run.name
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(storage.glob("checkpoint-*")) and process.poll() is None:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(storage.glob("checkpoint-*")), "the run wrote no checkpoint before it was stopped"
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # an existing run is never silently reused
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming at stage 0, epoch" in resumed.stdout + resumed.stderr
+    last = json.loads((storage / "checkpoint-0-shared-epoch003" / "progress.json").read_text())
+    assert last["global_step"] == _steps(config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 1})}), 1)
+
+
+def test_a_deepspeed_value_that_contradicts_the_training_config_is_refused(benchmark, tiny_base_dir, tmp_path):
+    config = _config(benchmark, tiny_base_dir, tmp_path, **{"deepspeed.overrides": {"gradient_accumulation_steps": 4}})
+    with pytest.raises(Exception, match="gradient_accumulation_steps=4 disagrees with optim.grad_accum=1"):
+        train(config)
+
+
+def test_resume_without_a_run_is_an_error(benchmark, tiny_base_dir, tmp_path):
+    with pytest.raises(TrainingError, match="no run 'run'"):
+        train(_config(benchmark, tiny_base_dir, tmp_path), resume=True)
