@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from atflrec.config import StrictModel
+from atflrec.model.adapters import ADAPTER_SEES_AUDIO
 from atflrec.registry import Registry
 
 STRATEGIES: Registry[type["FusionStrategy"]] = Registry("fusion strategy")
@@ -55,50 +56,41 @@ class FusionStrategy(nn.Module):
         raise NotImplementedError
 
 
+class SingleAdapter(FusionStrategy):
+    """One adapter scores alone, trained in one stage (with the encoder when its prompts carry audio)."""
+
+    @classmethod
+    def stages(cls) -> list[Stage]:
+        (name,) = cls.adapters
+        return [Stage(name, name, train_encoder=ADAPTER_SEES_AUDIO[name], train_fusion=False)]
+
+    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+        return outputs[self.adapters[0]].margin
+
+
 @STRATEGIES.register("early")
-class EarlyFusion(FusionStrategy):
+class EarlyFusion(SingleAdapter):
     """One shared adapter reads titles and audio tokens in the same prompt."""
 
     adapters = ("shared",)
     lora_mode = "shared"
 
-    @classmethod
-    def stages(cls) -> list[Stage]:
-        return [Stage("shared", "shared", train_encoder=True, train_fusion=False)]
-
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
-        return outputs["shared"].margin
-
 
 @STRATEGIES.register("text_only")
-class TextOnly(FusionStrategy):
+class TextOnly(SingleAdapter):
     """The TALLRec baseline: one text adapter on text-only prompts, no audio."""
 
     adapters = ("text",)
     lora_mode = "text"
 
-    @classmethod
-    def stages(cls) -> list[Stage]:
-        return [Stage("text", "text", train_encoder=False, train_fusion=False)]
-
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
-        return outputs["text"].margin
-
 
 @STRATEGIES.register("audio_only")
-class AudioOnly(FusionStrategy):
+class AudioOnly(SingleAdapter):
     """The audio adapter alone (with the encoder), on prompts with audio tokens after the titles:
     the second half of the separate configuration, scored without the text adapter."""
 
     adapters = ("audio",)
     lora_mode = "audio"
-
-    @classmethod
-    def stages(cls) -> list[Stage]:
-        return [Stage("audio", "audio", train_encoder=True, train_fusion=False)]
-
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
-        return outputs["audio"].margin
 
 
 class LateFusion(FusionStrategy):
