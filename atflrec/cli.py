@@ -16,6 +16,8 @@ from atflrec.errors import UserError
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from atflrec.cluster.jobs import Jobs
+
 Handler = Callable[[argparse.Namespace], int]
 M = TypeVar("M", bound="BaseModel")
 
@@ -92,6 +94,29 @@ def _train_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from atflrec.training.distributed import train
+    from atflrec.training.distributed_config import TrainConfig
+
+    config = _stage_config(args, TrainConfig, ("samples", "features", "out", "address"))
+    outcome = train(config, resume=args.resume)
+    print(f"run: {outcome.run_path}")
+    for split, metrics in outcome.metrics.items():
+        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if outcome.exported is not None:
+        print(f"best checkpoint exported to {outcome.exported}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from atflrec.tuning.search import run_search
+    from atflrec.tuning.space import TuneSpace
+
+    space = _stage_config(args, TuneSpace, ("num_samples", "scheduler", "search", "address", "out", "data"))
+    run_search(space, resume=args.resume)
+    return 0
+
+
 # --- features -------------------------------------------------------------------------------
 
 def _features(args: argparse.Namespace) -> int:
@@ -112,6 +137,122 @@ def _model_fetch(args: argparse.Namespace) -> int:
 
     path = fetch_model(args.name or DEFAULT_MODEL, cache_dir=args.cache_dir, force=args.force)
     print(path)
+    return 0
+
+
+# --- cluster: pipeline verbs as Ray jobs ---------------------------------------------------
+
+def _add_submit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 "
+                        "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
+    parser.add_argument("--runtime-env", help="runtime_env YAML for the job, e.g. cluster/runtime_env.yaml")
+    parser.add_argument("--job-id", help="submission id for the job (default: one Ray generates)")
+    parser.add_argument("--wait", action="store_true", help="stream the job's logs; exit 1 unless it SUCCEEDED")
+
+
+def _submit_command(args: argparse.Namespace) -> list[str]:
+    """The verb and its arguments. Submit's own options may also follow them (``atflrec submit
+    features --data D --out S --address URL``), so they are taken out of the verb's arguments
+    here: ``--address`` always names the head, since a job's stage joins its own cluster."""
+    late = argparse.ArgumentParser(prog="atflrec submit", add_help=False, allow_abbrev=False)
+    _add_submit_options(late)
+    options, command = late.parse_known_args(args.command)
+    for key, value in vars(options).items():
+        if value not in (None, False):
+            if getattr(args, key) not in (None, False):
+                raise UserError(f"atflrec submit: --{key.replace('_', '-')} is given twice")
+            setattr(args, key, value)
+    if not command:
+        raise UserError("atflrec submit: name the verb to run, e.g. "
+                        "`atflrec submit features --data DIR --out STORE --address http://HEAD:8265`")
+    if command[0] in ("submit", "jobs"):
+        raise UserError(f"atflrec submit: {command[0]!r} talks to a cluster itself; run it here")
+    parse_args(command)  # the verb's own arguments, checked here rather than after a trip to the cluster
+    return command
+
+
+def _follow(jobs: Jobs, job_id: str) -> int:
+    try:
+        info = jobs.wait(job_id, logs=sys.stdout, progress=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"stopped following; job {job_id} keeps running "
+              f"(atflrec jobs stop {job_id} --address {jobs.address})", file=sys.stderr)
+        return 130
+    if info.status == "SUCCEEDED":
+        return 0
+    print(f"error: job {job_id} {info.status}: {info.message}", file=sys.stderr)
+    return 1
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from atflrec.cluster.jobs import Jobs, entrypoint, load_runtime_env
+
+    command = _submit_command(args)
+    runtime_env = load_runtime_env(args.runtime_env) if args.runtime_env else None
+    jobs = Jobs(args.address)
+    job_id = jobs.submit(command, runtime_env=runtime_env, job_id=args.job_id)
+    print(job_id, flush=True)
+    print(f"submitted `{entrypoint(command)}` to {jobs.address} as job {job_id}", file=sys.stderr, flush=True)
+    if args.wait:
+        return _follow(jobs, job_id)
+    print(f"follow it: atflrec jobs logs {job_id} --follow --address {jobs.address}", file=sys.stderr)
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from atflrec.cluster.jobs import Jobs, describe
+
+    jobs = Jobs(args.address)
+    if args.action == "status":
+        print(describe(jobs.info(args.job_id)))
+    elif args.action == "logs":
+        if args.follow:
+            return _follow(jobs, args.job_id)
+        print(jobs.logs(args.job_id), end="")
+    elif args.action == "stop":
+        stopped = jobs.stop(args.job_id)
+        print(f"{args.job_id}: " + ("stop requested" if stopped else "had already finished"))
+    else:
+        for info in sorted(jobs.list(), key=lambda i: i.start_time or 0):
+            print(f"{info.submission_id}  {info.status}  {info.entrypoint}")
+    return 0
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from atflrec.evaluation import EvalConfig, quick_config, run_evaluation
+
+    config = _stage_config(args, EvalConfig, ("samples", "features", "data", "out"))
+    if args.quick:
+        config = quick_config(config)
+    run_evaluation(config, command=" ".join(["atflrec", *sys.argv[1:]]))
+    return 0
+
+
+# --- serving --------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import ray
+
+    from atflrec.ray_connect import connect
+    from atflrec.serving.config import load_serve_config
+    from atflrec.serving.launch import checkpoint_overrides, deploy, serve_until_interrupted
+
+    launch = load_serve_config(args.config, checkpoint_overrides(args.checkpoint or (), args.data, args.features)
+                               + list(args.overrides))
+    if args.port is not None:
+        launch.http_options["port"] = args.port
+    if not args.blocking and not (args.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        raise UserError("--no-blocking leaves the app on a running cluster: give --address (e.g. auto)")
+    connect(args.address)
+    url = deploy(launch)
+    print(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)", flush=True)
+    if args.blocking:
+        print("Ctrl-C stops it", flush=True)
+        serve_until_interrupted(launch.name)
     return 0
 
 
@@ -191,6 +332,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train_local)
     train_local.set_defaults(handler=_train_local)
 
+    train = verbs.add_parser("train", help="fine-tune with Ray Train and DeepSpeed (any number of workers)")
+    train.add_argument("--samples", help="samples directory")
+    train.add_argument("--features", help="feature store URI (unset: no audio)")
+    train.add_argument("--out", help="export the best checkpoint to this directory")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    train.add_argument("--resume", action="store_true", help="continue the run named run.name from its latest checkpoint")
+    _add_config_args(train)
+    train.set_defaults(handler=_train)
+
+    tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
+    tune.add_argument("--space", dest="config", required=True, metavar="FILE", help="search space, e.g. tune_spaces/default.yaml")
+    tune.add_argument("--num-samples", type=int, help="trials to run")
+    tune.add_argument("--scheduler", choices=["asha", "fifo"], help="asha stops weak trials early; fifo runs all to the end")
+    tune.add_argument("--search", choices=["random", "optuna"], help="how trials are sampled")
+    tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    tune.add_argument("--data", help="dataset dir: build the feature store for every Mel-bin count of the space first")
+    tune.add_argument("--out", help="output dir (search state, trials, results, plots, best/)")
+    tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the space's keys, e.g. train.samples=DIR")
+    tune.set_defaults(handler=_tune)
+
     model = verbs.add_parser("model", help="base models")
     model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")
     fetch = model_verbs.add_parser("fetch", help="fetch a base model into the local cache")
@@ -198,6 +360,55 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cache-dir", help="cache directory (default: ~/.cache/atflrec/models)")
     fetch.add_argument("--force", action="store_true", help="rebuild even if cached")
     fetch.set_defaults(handler=_model_fetch)
+
+    submit = verbs.add_parser(
+        "submit", help="run a pipeline verb as a Ray job on a cluster (Ray Jobs API)",
+        usage="atflrec submit [--address URL] [--runtime-env FILE] [--job-id ID] [--wait] VERB [ARGS...]",
+        description="Runs `atflrec VERB ARGS` as a Ray job. Submit's options may come before VERB or "
+                    "after its arguments; --address always names the head's Jobs API.",
+    )
+    _add_submit_options(submit)
+    submit.add_argument("command", nargs=argparse.REMAINDER, metavar="VERB [ARGS...]",
+                        help="the atflrec command to run")
+    submit.set_defaults(handler=_submit)
+
+    jobs = verbs.add_parser("jobs", help="status, logs, stop and list of Ray jobs on a cluster")
+    job_actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("status", "a job's status"), ("logs", "a job's logs so far"), ("stop", "stop a job")):
+        job = job_actions.add_parser(action, help=text)
+        job.add_argument("job_id", metavar="ID", help="the submission id `atflrec submit` printed")
+        if action == "logs":
+            job.add_argument("--follow", action="store_true",
+                             help="stream until the job ends; exit 1 unless it SUCCEEDED")
+    job_actions.add_parser("list", help="every job the cluster knows")
+    for job in job_actions.choices.values():
+        job.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 "
+                         "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
+        job.set_defaults(handler=_jobs)
+
+    evaluate = verbs.add_parser("evaluate", help="baselines, ATFLRec and ablations on warm and cold-start splits; "
+                                "results.parquet, report.md, plots")
+    evaluate.add_argument("--samples", help="samples directory")
+    evaluate.add_argument("--features", help="feature store (unset: no audio)")
+    evaluate.add_argument("--data", help="dataset directory for titles and tags (default: the samples' source)")
+    evaluate.add_argument("--out", help="output directory (a rerun skips finished jobs)")
+    evaluate.add_argument("--quick", action="store_true", help="shrink to the config's quick settings (smoke run)")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    serve = verbs.add_parser("serve", help="serve models over HTTP with Ray Serve (config: serve/*.yaml)")
+    serve.add_argument("--checkpoint", action="append", metavar="[ID=]DIR",
+                       help="model artifact to serve (repeatable; id defaults to the directory name; "
+                            "the first is the default model); replaces the config's models")
+    serve.add_argument("--data", help="dataset directory (the catalogue)")
+    serve.add_argument("--features", help="feature store of the dataset")
+    serve.add_argument("--port", type=int, help="HTTP port (default: the config's, else 8000)")
+    serve.add_argument("--address", help="Ray cluster to deploy on (e.g. auto); default starts Ray locally")
+    serve.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
+                       help="stay in the foreground until Ctrl-C (default); --no-blocking deploys and exits")
+    serve.add_argument("--config", help="Serve config YAML, e.g. serve/local.yaml (its app args take overrides)")
+    serve.add_argument("overrides", nargs="*", metavar="key=value", help="app args overrides, e.g. limits.max_k=20")
+    serve.set_defaults(handler=_serve)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
     demo.add_argument("--workdir", help="where the demo writes its outputs")

@@ -12,6 +12,7 @@ from atflrec.data.microlens import MicroLensImportConfig
 from atflrec.data.synth import SynthConfig
 from atflrec.demo import DemoConfig
 from atflrec.features.pipeline import FeatureConfig
+from atflrec.training.distributed_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".venv", ".git", "runs", "node_modules", ".pytest_cache"}
@@ -22,7 +23,12 @@ MODELS: dict[str, type[BaseModel]] = {
     "configs/data/synth_bench_2000.yaml": SynthConfig,
     "configs/data/microlens.yaml": MicroLensImportConfig,
     "configs/features/default.yaml": FeatureConfig,
+    "configs/train/cpu.yaml": TrainConfig,
+    "configs/train/gpu_small_zero2.yaml": TrainConfig,
+    "configs/train/gpu_7b_zero3.yaml": TrainConfig,
 }
+# Folders whose YAML files are not stage configs and are checked by a test of their own.
+OWN_TESTS = {"cluster/": "tests/cluster/test_manifests.py", "serve/": "tests/serving/test_configs.py"}
 
 
 def shipped_yaml_files() -> list[str]:
@@ -35,7 +41,7 @@ def shipped_yaml_files() -> list[str]:
 
 
 def test_every_shipped_yaml_has_a_loader() -> None:
-    unclaimed = sorted(set(shipped_yaml_files()) - set(MODELS))
+    unclaimed = sorted(f for f in set(shipped_yaml_files()) - set(MODELS) if not f.startswith(tuple(OWN_TESTS)))
     assert not unclaimed, f"add these shipped YAML files to MODELS so a test loads them: {unclaimed}"
 
 

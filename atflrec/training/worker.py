@@ -179,9 +179,12 @@ def best_reported_checkpoint() -> Any | None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import deepspeed
+    import ray.data
     import ray.train
     import ray.train.torch
 
+    # Workers read small datasets whole; Ray Data's per-read progress bars would drown the epoch lines.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     config = TrainConfig.model_validate(loop_config["config"])
     ds_config: dict[str, Any] = loop_config["deepspeed"]
     context = ray.train.get_context()

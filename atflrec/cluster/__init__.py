@@ -1,0 +1,1 @@
+"""Running the pipeline on a Ray cluster: job submission through the Ray Jobs API (:mod:`.jobs`)."""
