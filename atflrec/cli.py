@@ -108,15 +108,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune(args: argparse.Namespace) -> int:
-    from atflrec.tuning.search import run_search
-    from atflrec.tuning.space import TuneSpace
-
-    space = _stage_config(args, TuneSpace, ("num_samples", "scheduler", "search", "address", "out", "data"))
-    run_search(space, resume=args.resume)
-    return 0
-
-
 # --- features -------------------------------------------------------------------------------
 
 def _features(args: argparse.Namespace) -> int:
@@ -218,44 +209,6 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- evaluation -----------------------------------------------------------------------------
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from atflrec.evaluation import EvalConfig, quick_config, run_evaluation
-
-    config = _stage_config(args, EvalConfig, ("samples", "features", "data", "out"))
-    if args.quick:
-        config = quick_config(config)
-    run_evaluation(config, command=" ".join(["atflrec", *sys.argv[1:]]))
-    return 0
-
-
-# --- serving --------------------------------------------------------------------------------
-
-def _serve(args: argparse.Namespace) -> int:
-    import os
-
-    import ray
-
-    from atflrec.ray_connect import connect
-    from atflrec.serving.config import load_serve_config
-    from atflrec.serving.launch import checkpoint_overrides, deploy, serve_until_interrupted
-
-    launch = load_serve_config(args.config, checkpoint_overrides(args.checkpoint or (), args.data, args.features)
-                               + list(args.overrides))
-    if args.port is not None:
-        launch.http_options["port"] = args.port
-    if not args.blocking and not (args.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
-        raise UserError("--no-blocking leaves the app on a running cluster: give --address (e.g. auto)")
-    connect(args.address)
-    url = deploy(launch)
-    print(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)", flush=True)
-    if args.blocking:
-        print("Ctrl-C stops it", flush=True)
-        serve_until_interrupted(launch.name)
-    return 0
-
-
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
@@ -341,18 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.set_defaults(handler=_train)
 
-    tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
-    tune.add_argument("--space", dest="config", required=True, metavar="FILE", help="search space, e.g. tune_spaces/default.yaml")
-    tune.add_argument("--num-samples", type=int, help="trials to run")
-    tune.add_argument("--scheduler", choices=["asha", "fifo"], help="asha stops weak trials early; fifo runs all to the end")
-    tune.add_argument("--search", choices=["random", "optuna"], help="how trials are sampled")
-    tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    tune.add_argument("--data", help="dataset dir: build the feature store for every Mel-bin count of the space first")
-    tune.add_argument("--out", help="output dir (search state, trials, results, plots, best/)")
-    tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
-    tune.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the space's keys, e.g. train.samples=DIR")
-    tune.set_defaults(handler=_tune)
-
     model = verbs.add_parser("model", help="base models")
     model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")
     fetch = model_verbs.add_parser("fetch", help="fetch a base model into the local cache")
@@ -385,30 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 "
                          "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
         job.set_defaults(handler=_jobs)
-
-    evaluate = verbs.add_parser("evaluate", help="baselines, ATFLRec and ablations on warm and cold-start splits; "
-                                "results.parquet, report.md, plots")
-    evaluate.add_argument("--samples", help="samples directory")
-    evaluate.add_argument("--features", help="feature store (unset: no audio)")
-    evaluate.add_argument("--data", help="dataset directory for titles and tags (default: the samples' source)")
-    evaluate.add_argument("--out", help="output directory (a rerun skips finished jobs)")
-    evaluate.add_argument("--quick", action="store_true", help="shrink to the config's quick settings (smoke run)")
-    _add_config_args(evaluate)
-    evaluate.set_defaults(handler=_evaluate)
-
-    serve = verbs.add_parser("serve", help="serve models over HTTP with Ray Serve (config: serve/*.yaml)")
-    serve.add_argument("--checkpoint", action="append", metavar="[ID=]DIR",
-                       help="model artifact to serve (repeatable; id defaults to the directory name; "
-                            "the first is the default model); replaces the config's models")
-    serve.add_argument("--data", help="dataset directory (the catalogue)")
-    serve.add_argument("--features", help="feature store of the dataset")
-    serve.add_argument("--port", type=int, help="HTTP port (default: the config's, else 8000)")
-    serve.add_argument("--address", help="Ray cluster to deploy on (e.g. auto); default starts Ray locally")
-    serve.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
-                       help="stay in the foreground until Ctrl-C (default); --no-blocking deploys and exits")
-    serve.add_argument("--config", help="Serve config YAML, e.g. serve/local.yaml (its app args take overrides)")
-    serve.add_argument("overrides", nargs="*", metavar="key=value", help="app args overrides, e.g. limits.max_k=20")
-    serve.set_defaults(handler=_serve)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
     demo.add_argument("--workdir", help="where the demo writes its outputs")
