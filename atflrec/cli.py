@@ -101,6 +101,9 @@ def _train(args: argparse.Namespace) -> int:
     config = _stage_config(args, TrainConfig, ("samples", "features", "out", "address"))
     outcome = train(config, resume=args.resume)
     print(f"run: {outcome.run_path}")
+    if outcome.resumed_from is not None:
+        where = outcome.resumed_from
+        print(f"resumed at stage {where['stage_index']}, epoch {where['epoch']}, step {where['global_step']}")
     for split, metrics in outcome.metrics.items():
         print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if outcome.exported is not None:

@@ -39,6 +39,7 @@ class TrainOutcome:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # final splits, best checkpoint
     history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report, in order
     best_checkpoint: str | None = None
+    resumed_from: dict[str, int] | None = None  # stage, epoch and step the last attempt resumed at
     exported: str | None = None
 
 
@@ -124,6 +125,7 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
     outcome = TrainOutcome(run_path=result.path)
     returned = result.return_value or {}
     outcome.history = returned.get("history", [])
+    outcome.resumed_from = returned.get("resumed_from")
     outcome.metrics = returned.get("metrics", {})
     outcome.best_checkpoint = returned.get("best_checkpoint")
     if out is not None and outcome.best_checkpoint is not None:

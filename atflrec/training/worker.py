@@ -206,6 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     restored = ray.train.get_checkpoint()
     progress = Progress()
+    resumed_from: dict[str, int] | None = None  # where this attempt started, when from a checkpoint
     carried: dict[str, torch.Tensor] | None = None  # trained tensors handed from stage to stage
     if restored is not None:
         with restored.as_directory() as directory:
@@ -213,6 +214,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             model = fresh_model()
             load_weights(model, directory)
             carried = trained_state(model)
+        resumed_from = {"stage_index": progress.stage_index, "epoch": progress.epoch, "global_step": progress.global_step}
         log(f"resuming at stage {progress.stage_index}, epoch {progress.epoch}, step {progress.global_step}")
 
     stages = STRATEGIES[config.model.fusion.strategy].stages()
@@ -262,7 +264,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         engine.destroy()
         del engine, model, optimizer
     final = final_evaluation(config, loop_config, features, fresh_model, rank, world)
-    return None if final is None else {**final, "history": progress.history}
+    return None if final is None else {**final, "history": progress.history, "resumed_from": resumed_from}
 
 
 def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features: dict[str, np.ndarray],
