@@ -125,6 +125,16 @@ def train_worker_pids() -> list[int]:
     return pids
 
 
+def registered_checkpoint(storage: Path) -> bool:
+    """Whether Ray Train has recorded a checkpoint in the run's snapshot: a checkpoint directory
+    appears before the controller registers it, and a run killed in between resumes from scratch."""
+    snapshot = storage / "checkpoint_manager_snapshot.json"
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
 def test_a_killed_worker_is_replaced_and_the_run_completes(benchmark, tiny_base_dir, tmp_path):
     config = _config(benchmark, tiny_base_dir, tmp_path, **{"optim.epochs": 4})
     storage = Path(config.run.storage_path) / config.run.name
@@ -157,11 +167,11 @@ def test_resume_continues_an_interrupted_run(benchmark, tiny_base_dir, tmp_path)
     storage = Path(config.run.storage_path) / config.run.name
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(storage.glob("checkpoint-*")) and process.poll() is None:
+    while time.time() < deadline and not registered_checkpoint(storage) and process.poll() is None:
         time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert list(storage.glob("checkpoint-*")), "the run wrote no checkpoint before it was stopped"
+    assert registered_checkpoint(storage), "the run registered no checkpoint before it was stopped"
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # an existing run is never silently reused
