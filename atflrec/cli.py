@@ -111,6 +111,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from atflrec.tuning.search import run_search
+    from atflrec.tuning.space import TuneSpace
+
+    space = _stage_config(args, TuneSpace, ("num_samples", "scheduler", "search", "address", "out", "data"))
+    run_search(space, resume=args.resume)
+    return 0
+
+
 # --- features -------------------------------------------------------------------------------
 
 def _features(args: argparse.Namespace) -> int:
@@ -296,6 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run named run.name from its latest checkpoint")
     _add_config_args(train)
     train.set_defaults(handler=_train)
+
+    tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
+    tune.add_argument("--space", dest="config", required=True, metavar="FILE", help="search space, e.g. tune_spaces/default.yaml")
+    tune.add_argument("--num-samples", type=int, help="trials to run")
+    tune.add_argument("--scheduler", choices=["asha", "fifo"], help="asha stops weak trials early; fifo runs all to the end")
+    tune.add_argument("--search", choices=["random", "optuna"], help="how trials are sampled")
+    tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    tune.add_argument("--data", help="dataset dir: build the feature store for every Mel-bin count of the space first")
+    tune.add_argument("--out", help="output dir (search state, trials, results, plots, best/)")
+    tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the space's keys, e.g. train.samples=DIR")
+    tune.set_defaults(handler=_tune)
 
     model = verbs.add_parser("model", help="base models")
     model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")

@@ -36,7 +36,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             message = "unknown key"
         else:
             message = problem["msg"]
-            if "input" in problem and problem["type"] != "missing":
+            # At the root the input is the whole config: echoing it would bury the message.
+            if "input" in problem and problem["type"] != "missing" and problem["loc"]:
                 message += f" (got {problem['input']!r})"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)

@@ -35,6 +35,11 @@ class DemoConfig(StrictModel):
         description="training config (Ray Train + DeepSpeed); the demo points it at its data, base model and workdir",
     )
     train_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the training config")
+    tune_space: str = Field(
+        "tune_spaces/demo.yaml",
+        description="search space (Ray Tune); the demo points it at its samples, features and base model",
+    )
+    tune_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the search space")
 
 
 @contextmanager
@@ -57,6 +62,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     from atflrec.samples import make_samples
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig
+    from atflrec.tuning.search import run_search
 
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +105,13 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
         for split, metrics in outcome.metrics.items():
             print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         print(f"best checkpoint exported to {outcome.exported}")
+
+    with _stage("tune", timings):
+        shutil.rmtree(workdir / "tune", ignore_errors=True)  # a fresh search each time, like train
+        outputs["best"] = run_search(config.tune_space, workdir / "tune", overrides=[
+            f"train.samples={outputs['samples']}", f"train.features={outputs['features']}",
+            f"train.model.base_model={config.base_model}", *config.tune_overrides,
+        ])
 
     print("\n== summary ==")
     for name, seconds in timings.items():

@@ -1,0 +1,197 @@
+"""``atflrec tune``: a Ray Tune search whose trials are Ray Train runs (Train V2 pattern).
+
+Layout of ``OUT`` (a local path, or a volume every node mounts)::
+
+    space.yaml           the space the search started with (``--resume`` checks it is unchanged)
+    search/              Tune's experiment: trial states, every trial's reports (trial-<id>/)
+    trials/trial-<id>/   each trial's Ray Train run: its best ``run.keep_best`` checkpoints, its
+                         report log (reports.jsonl) and, once finished, trial_outcome.json
+    results.parquet/.csv one row per trial: knobs, status, best validation AUC, reports, test AUC
+    curves.parquet       one row per report of every trial
+    plots/               validation AUC against each knob; learning curves with ASHA's stops
+    best/                the best trial's best checkpoint (an artifact serving loads), its config
+
+Before any trial starts, the feature store is made to hold every Mel-bin count of the space
+(:mod:`atflrec.tuning.features`). ASHA's time unit is Tune's ``training_iteration``: one per Train
+report, i.e. one per epoch of each stage (a separate-adapter strategy reports epochs x 3 times).
+Trials reserve no CPU (``trial_resources``: memory by default); their Train workers reserve the
+real resources, so the number of trials at once is what the cluster fits of their workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from atflrec.config import ConfigError, dump_config, load_config, read_yaml
+from atflrec.ray_connect import connect
+from atflrec.tuning.features import ensure_features
+from atflrec.tuning.placement import ReleaseOrphanedReservations
+from atflrec.tuning.plots import asha_rungs, plot_curves, plot_knobs
+from atflrec.tuning.results import (
+    PruneStoppedTrials, SearchError, best_trial, export_best, prune_stopped, records, write_tables,
+)
+from atflrec.tuning.space import SearchPlan, TuneSpace, plan as make_plan
+from atflrec.tuning.trial import run_trial, trial_dirname
+
+EXPERIMENT, RUNS, BEST, PLOTS, SPACE_FILE = "search", "trials", "best", "plots", "space.yaml"
+# What ASHA compares trials by at each rung. Train ranks a run's checkpoints, and the search its
+# trials, by selection_score (validation AUC, finished models first); at one rung, trials of
+# different fusion strategies may be at different stages, and the score would rank them by that.
+METRIC = "val_auc"
+
+
+def concurrent_trials(plan: SearchPlan, cluster: dict[str, float]) -> int:
+    """How many trials' Train workers the cluster fits at once (at least 1)."""
+    if plan.space.max_concurrent_trials is not None:
+        return plan.space.max_concurrent_trials
+    scaling = plan.trial_config({}).scaling
+    need = {r: v * scaling.num_workers for r, v in scaling.resources_per_worker().items()}
+    for r, v in plan.space.trial_resources.items():
+        key = r.upper() if r.lower() in ("cpu", "gpu") else r
+        need[key] = need.get(key, 0.0) + v
+    fits = []
+    for resource, amount in need.items():
+        if amount > 0:
+            have = cluster.get(resource, 0.0)
+            if have < amount:
+                print(f"note: each trial needs {resource} {amount:g} but the cluster has {have:g} now; "
+                      "trials wait for the autoscaler (set max_concurrent_trials for an autoscaling cluster)")
+            fits.append(math.floor(have / amount + 1e-9))
+    return max(1, min(fits, default=1))
+
+
+def _scheduler(plan: SearchPlan) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if plan.space.scheduler == "fifo":
+        return FIFOScheduler()
+    asha = plan.space.asha
+    # stop_last_trials=False: a trial at its last report ends by itself, after its final evaluation.
+    return ASHAScheduler(time_attr="training_iteration", max_t=asha.max_t or plan.max_reports,
+                         grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
+                         brackets=asha.brackets, stop_last_trials=False)
+
+
+def _search_alg(plan: SearchPlan, concurrency: int) -> tuple[Any, int | None]:
+    """The search algorithm and the TuneConfig concurrency cap (random search caps itself)."""
+    if plan.space.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except (ImportError, AssertionError) as exc:
+            raise ConfigError(f"search: optuna needs the optuna package (pip install optuna): {exc}") from None
+        return OptunaSearch(seed=plan.space.seed), concurrency
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=plan.space.seed, max_concurrent=concurrency), None
+
+
+def _trainable(plan: SearchPlan, runs: Path) -> Any:
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, base=plan.base, runs=str(runs)),
+                               dict(plan.space.trial_resources))
+
+
+def _new_tuner(plan: SearchPlan, out: Path) -> Any:
+    import ray
+    from ray import tune
+
+    runs = out / RUNS
+    concurrency = concurrent_trials(plan, ray.cluster_resources())
+    print(f"search: {plan.space.num_samples} trials, {plan.space.scheduler}, {plan.space.search} search, "
+          f"at most {concurrency} at once; knobs: {', '.join(plan.knobs)}", flush=True)
+    search_alg, max_concurrent = _search_alg(plan, concurrency)
+    return tune.Tuner(
+        _trainable(plan, runs),
+        param_space={key: d.to_tune() for key, d in plan.space.space.items()},
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", num_samples=plan.space.num_samples, scheduler=_scheduler(plan),
+            search_alg=search_alg, max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+                                  callbacks=[PruneStoppedTrials(plan.base, str(runs)),
+                                             ReleaseOrphanedReservations()]),
+    )
+
+
+def _check_same_space(space: TuneSpace, out: Path) -> None:
+    saved = read_yaml(out / SPACE_FILE)
+    given = space.model_dump(mode="json")
+    differ = sorted(k for k in given if k not in ("address", "out") and given[k] != saved.get(k))
+    if differ:
+        raise ConfigError(f"--resume: {', '.join(differ)} differ from the space the search in {out} started with "
+                          f"({out / SPACE_FILE}); resume with that space, or start a new search with another --out")
+
+
+def _check_out(space: TuneSpace, out: Path, resume: bool) -> None:
+    """A new search needs a fresh OUT; ``--resume`` needs the search that OUT holds, unchanged."""
+    from ray import tune
+
+    exists = tune.Tuner.can_restore(str(out / EXPERIMENT))
+    if exists and not resume:
+        raise SearchError(f"a search already exists in {out}; pass --resume to continue it, or choose another --out")
+    if resume and not exists:
+        raise SearchError(f"--resume: no search to resume in {out}")
+    if resume:
+        _check_same_space(space, out)
+
+
+def _tuner(plan: SearchPlan, out: Path, resume: bool) -> Any:
+    from ray import tune
+
+    # Tune saves the search's state at most every 10 s by default; a search killed in that window
+    # would run a just-finished trial again on --resume. The state is small: save it every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if resume:
+        print(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue", flush=True)
+        return tune.Tuner.restore(str(out / EXPERIMENT), _trainable(plan, out / RUNS),
+                                  resume_unfinished=True, restart_errored=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SPACE_FILE).write_text(dump_config(plan.space))
+    return _new_tuner(plan, out)
+
+
+def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None, *,
+               overrides: Sequence[str] = (), resume: bool = False) -> Path:
+    """Run (or with ``resume`` continue) a search; returns ``OUT/best``, the best trial's artifact.
+
+    ``space`` is a space file or a :class:`TuneSpace`; ``overrides`` are ``key=value`` overrides of
+    the space's keys (e.g. ``train.samples=runs/demo/samples``); ``out_dir`` replaces ``out``.
+    """
+    if not isinstance(space, TuneSpace):
+        space = load_config(TuneSpace, space, list(overrides))
+    elif overrides:
+        raise ConfigError("overrides apply to a space file; set them on the TuneSpace instead")
+    if out_dir is not None:
+        space = space.model_copy(update={"out": str(out_dir)})
+    plan = make_plan(space)
+    if plan.base.get("samples") is None:
+        raise ConfigError("train.samples: set the samples directory (e.g. train.samples=runs/demo/samples)")
+    out = Path(space.out).resolve()
+    _check_out(space, out, resume)
+    ensure_features(plan)  # before Ray starts: a missing Mel-bin count fails at once
+    connect(space.address)
+    grid = _tuner(plan, out, resume).fit()
+
+    trials = records(grid, plan, str(out / RUNS))
+    table, curves = write_tables(trials, plan, out)
+    best = best_trial(trials)
+    target = export_best(best, out / BEST)
+    removed = prune_stopped(trials, out / RUNS, best)
+    (out / PLOTS).mkdir(exist_ok=True)
+    plot_knobs(table, plan, out / PLOTS)
+    rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor, space.asha.max_t or plan.max_reports)
+    plot_curves(curves, rungs if space.scheduler == "asha" else [], out / PLOTS)
+    if space.export is not None:
+        export_best(best, Path(space.export))
+    counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
+    print(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, {counts['error']} failed; "
+          f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)", flush=True)
+    print(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
+          f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})", flush=True)
+    print(f"results: {out / 'results.csv'}; plots: {out / PLOTS}; best: {target}", flush=True)
+    return target
+

@@ -1,0 +1,80 @@
+"""One Tune trial: build the trial's training config, run it as a Ray Train run, report to Tune.
+
+This is the Train V2 pattern: the trial function is only the driver of its Train run (it asks Tune
+for no CPU; the Train workers reserve their own), and ``TuneReportCallback`` passes every Train
+report (with its checkpoint's path) on to Tune; ``ReportLog`` keeps them in the run dir too. The Train run is named after the trial
+id, so a restored search finds a trial's run again and continues it from its latest checkpoint
+instead of starting over. Run dirs are local paths (or a volume every node mounts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+from atflrec.training.distributed import build_trainer, outcome_of, run_exists
+from atflrec.tuning.space import trial_config
+
+OUTCOME_FILE = "trial_outcome.json"  # in the trial's Train run dir, once the run has finished
+REPORTS_FILE = "reports.jsonl"  # in the trial's Train run dir: every report, as it is made
+
+
+class ReportLog(UserCallback):
+    """Appends each report of a Train run (metrics and checkpoint path) to ``reports.jsonl`` in the
+    run's dir, before Tune hears of it. A trial's history then survives a killed search: Tune
+    starts a restored trial's own result file afresh, and a trial that had made all its reports
+    before the kill makes none after it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        entry = {**metrics[0], "checkpoint_path": checkpoint.path if checkpoint else None}
+        with open(self.path, "a") as log:
+            log.write(json.dumps(entry) + "\n")
+
+
+def run_name(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's folder for a trial: the same stable name as its Train run (no config in it)."""
+    return run_name(trial.trial_id)
+
+
+def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str) -> None:
+    """Tune's function trainable; ``knobs`` is the sampled point, ``base`` the resolved training config."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    name = run_name(ray.tune.get_context().get_trial_id())
+    config = trial_config(base, knobs, name, runs)
+    log = ReportLog(str(Path(runs) / name / REPORTS_FILE))
+    trainer = build_trainer(config, resume=run_exists(runs, name), callbacks=[log, TuneReportCallback()])
+    outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
+    summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint}
+    (Path(runs) / name / OUTCOME_FILE).write_text(json.dumps(summary) + "\n")
+
+
+def read_outcome(runs: str, name: str) -> dict[str, Any] | None:
+    """A finished trial's final metrics (the final splits of its best checkpoint), or None."""
+    path = Path(runs) / name / OUTCOME_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_reports(runs: str, name: str) -> list[dict[str, Any]]:
+    """A trial's reports, one per (stage, epoch) in order (a resumed run may repeat the one it was
+    killed at; the later wins); ``[]`` before the first."""
+    path = Path(runs) / name / REPORTS_FILE
+    latest: dict[tuple[int, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            report = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the run was killed
+            continue
+        latest[(report["stage_index"], report["epoch"])] = report
+    return [latest[key] for key in sorted(latest)]

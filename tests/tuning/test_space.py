@@ -1,0 +1,131 @@
+"""Search spaces: every shipped space loads with keys that name TrainConfig fields; bad spaces fail
+before any trial with the key in the message; a sampled point becomes a valid trial config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atflrec.cli import main
+from atflrec.config import ConfigError, build_config
+from atflrec.model.fusion import STRATEGIES
+from atflrec.training.distributed_config import TrainConfig
+from atflrec.tuning.space import TuneSpace, expected_reports, load_space, lora_config, plan
+
+REPO = Path(__file__).resolve().parents[2]
+SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # shipped spaces name configs/ relative to the repository root
+
+
+def test_the_three_spaces_ship() -> None:
+    assert {p.name for p in SPACES} >= {"default.yaml", "demo.yaml", "cluster.yaml"}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_shipped_space_loads_and_its_knobs_name_train_config_keys(path: Path) -> None:
+    assert path.read_text().splitlines()[0].startswith(f"# atflrec tune --space tune_spaces/{path.name}")
+    search = load_space(path)
+    for key in search.knobs:
+        node = TrainConfig.model_fields
+        *sections, leaf = key.split(".")
+        for section in sections:
+            node = node[section].annotation.model_fields
+        assert leaf in node, key
+    # Every point the space can produce is a valid training config (the ends of each range and
+    # every choice were validated by load_space; here: one sampled point end to end).
+    point = {key: d.candidates()[0] for key, d in search.space.space.items()}
+    config = search.trial_config(point, run_name="trial-x", storage_path="/tmp/runs")
+    assert (config.run.name, config.run.storage_path, config.out, config.address) == ("trial-x", "/tmp/runs", None, None)
+
+
+def test_the_default_space_covers_the_papers_knobs() -> None:
+    search = load_space(REPO / "tune_spaces/default.yaml")
+    space = search.space.space
+    assert space["model.lora.r"].args == [4, 8, 16, 32]
+    assert set(space["model.encoder.pooling"].args) == {"mean", "max", "attention", "mean_max"}
+    assert search.n_mels == [40, 64, 80, 128]
+    assert space["optim.lr"].kind == "loguniform"
+    # LoRA configuration through the fusion strategy: both the shared and the separate one.
+    assert {lora_config(s) for s in space["model.fusion.strategy"].args} == {"shared", "separate"}
+    assert search.max_reports == 3 * search.trial_config({}).optim.epochs
+
+
+def test_lora_configuration_follows_from_the_fusion_strategy() -> None:
+    assert lora_config("early") == "shared"
+    assert lora_config("late_weighted") == lora_config("late_head") == "separate"
+    # The strategy fixes the adapters, so no sampled trial can pair a strategy with other adapters.
+    assert STRATEGIES["early"].adapters == ("shared",)
+    assert STRATEGIES["late_head"].adapters == ("text", "audio")
+
+
+def _space(**space) -> TuneSpace:
+    return build_config(TuneSpace, {"base": "configs/train/cpu.yaml", "space": space})
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"model.lora.rank": [4]}, "model.lora.rank: unknown key (model.lora has r, alpha"),
+    ({"optim.learning_rate": {"loguniform": [1e-5, 1e-3]}}, "optim.learning_rate: unknown key"),
+    ({"model.lora.r.size": [4]}, "model.lora.r is a value, not a section"),
+    ({"model.fusion.strategy": ["early", "latest"]}, "model.fusion.strategy: value 'latest' does not fit"),
+    ({"model.lora.r": {"uniform": [2, 16]}}, "model.lora.r: Input should be a valid integer"),
+    ({"model.lora.dropout": {"uniform": [0.0, 1.5]}}, "model.lora.dropout: value 1.5 does not fit"),
+    ({"model.encoder.n_mels": {"randint": [40, 80]}}, "model.encoder.n_mels: Mel-bin counts come from the feature store"),
+])
+def test_a_bad_knob_is_refused_naming_its_key(space, message) -> None:
+    with pytest.raises(ConfigError) as error:
+        plan(_space(**space))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"run.name": ["a", "b"]}, "run.name: not a search knob"),
+    ({"scaling.num_workers": [1, 2]}, "scaling.num_workers: not a search knob"),
+    ({"optim.lr": {"uniform": [1e-3, 1e-4]}}, "space.optim.lr: Value error, uniform: low 0.001 must be below high 0.0001"),
+    ({"optim.lr": {"loguniform": [0.0, 1e-3]}}, "loguniform: low 0.0 must be positive"),
+    ({"optim.lr": {"uniform": [0, 1], "choice": [1]}}, "give exactly one of choice, uniform"),
+    ({"optim.lr": {"normal": [0, 1]}}, "space.optim.lr.normal: unknown key"),
+])
+def test_a_malformed_space_is_refused_naming_its_key(space, message) -> None:
+    with pytest.raises(ConfigError) as error:
+        _space(**space)
+    assert message in str(error.value)
+
+
+def test_distributions_become_tune_domains_with_inclusive_integer_ranges() -> None:
+    space = _space(**{"model.lora.r": {"randint": [4, 5]}, "optim.lr": {"loguniform": [1e-5, 1e-3]},
+                      "model.encoder.pooling": ["mean", "max"]}).space
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    draws = {int(space["model.lora.r"].to_tune().sample(random_state=rng)) for _ in range(50)}
+    assert draws == {4, 5}
+    lrs = [space["optim.lr"].to_tune().sample(random_state=rng) for _ in range(50)]
+    assert all(1e-5 <= lr <= 1e-3 for lr in lrs)
+    assert set(space["model.encoder.pooling"].to_tune().categories) == {"mean", "max"}
+
+
+def test_expected_reports_count_every_stage() -> None:
+    search = plan(_space(**{"model.fusion.strategy": ["early", "late_head"], "optim.epochs": [1, 4]}))
+    assert search.max_reports == 4 * 3
+    assert expected_reports(search.trial_config({"model.fusion.strategy": "early", "optim.epochs": 2})) == 2
+
+
+def test_the_cli_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"base": "configs/train/cpu.yaml", "space": {"model.encoder.pool": ["max"]}}))
+    assert main(["tune", "--space", str(space), "--out", str(tmp_path / "out")]) == 2
+    assert "model.encoder.pool: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_the_search_needs_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"space": {"model.lora.r": [4, 8]}}))
+    assert main(["tune", "--space", str(space), "--num-samples", "2"]) == 2
+    assert "train.samples: set the samples directory" in capsys.readouterr().err
