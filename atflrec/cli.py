@@ -221,6 +221,32 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serving --------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import ray
+
+    from atflrec.ray_connect import connect
+    from atflrec.serving.config import load_serve_config
+    from atflrec.serving.launch import checkpoint_overrides, deploy, serve_until_interrupted
+
+    launch = load_serve_config(args.config, checkpoint_overrides(args.checkpoint or (), args.data, args.features)
+                               + list(args.overrides))
+    if args.port is not None:
+        launch.http_options["port"] = args.port
+    if not args.blocking and not (args.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        raise UserError("--no-blocking leaves the app on a running cluster: give --address (e.g. auto)")
+    connect(args.address)
+    url = deploy(launch)
+    print(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)", flush=True)
+    if args.blocking:
+        print("Ctrl-C stops it", flush=True)
+        serve_until_interrupted(launch.name)
+    return 0
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
@@ -350,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 "
                          "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
         job.set_defaults(handler=_jobs)
+
+    serve = verbs.add_parser("serve", help="serve models over HTTP with Ray Serve (config: serve/*.yaml)")
+    serve.add_argument("--checkpoint", action="append", metavar="[ID=]DIR",
+                       help="model artifact to serve (repeatable; id defaults to the directory name; "
+                            "the first is the default model); replaces the config's models")
+    serve.add_argument("--data", help="dataset directory (the catalogue)")
+    serve.add_argument("--features", help="feature store of the dataset")
+    serve.add_argument("--port", type=int, help="HTTP port (default: the config's, else 8000)")
+    serve.add_argument("--address", help="Ray cluster to deploy on (e.g. auto); default starts Ray locally")
+    serve.add_argument("--blocking", action=argparse.BooleanOptionalAction, default=True,
+                       help="stay in the foreground until Ctrl-C (default); --no-blocking deploys and exits")
+    serve.add_argument("--config", help="Serve config YAML, e.g. serve/local.yaml (its app args take overrides)")
+    serve.add_argument("overrides", nargs="*", metavar="key=value", help="app args overrides, e.g. limits.max_k=20")
+    serve.set_defaults(handler=_serve)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
     demo.add_argument("--workdir", help="where the demo writes its outputs")

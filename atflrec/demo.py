@@ -40,6 +40,7 @@ class DemoConfig(StrictModel):
         description="search space (Ray Tune); the demo points it at its samples, features and base model",
     )
     tune_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the search space")
+    serve_port: int = Field(8000, ge=1, le=65535, description="port on 127.0.0.1 where the demo serves the search's best model")
 
 
 @contextmanager
@@ -62,6 +63,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     from atflrec.samples import make_samples
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig
+    from atflrec.serving.demo import serve_and_query
     from atflrec.tuning.search import run_search
 
     workdir = Path(config.workdir)
@@ -112,6 +114,11 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
             f"train.samples={outputs['samples']}", f"train.features={outputs['features']}",
             f"train.model.base_model={config.base_model}", *config.tune_overrides,
         ])
+
+    with _stage("serve", timings):
+        # Deploys best/ with Ray Serve, asks POST /v1/recommend once over HTTP, then deletes the app.
+        serve_and_query(outputs["best"], outputs["dataset"], str(outputs["features"]), port=config.serve_port,
+                        items_dir=workdir / "serve-items")
 
     print("\n== summary ==")
     for name, seconds in timings.items():

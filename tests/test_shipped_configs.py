@@ -28,7 +28,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "configs/train/gpu_7b_zero3.yaml": TrainConfig,
 }
 # Folders whose YAML files are not stage configs and are checked by a test of their own.
-OWN_TESTS = {"cluster/": "tests/cluster/test_manifests.py", "tune_spaces/": "tests/tuning/test_space.py"}
+OWN_TESTS = {"cluster/": "tests/cluster/test_manifests.py", "serve/": "tests/serving/test_configs.py",
+             "tune_spaces/": "tests/tuning/test_space.py"}
 
 
 def shipped_yaml_files() -> list[str]:

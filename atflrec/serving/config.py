@@ -1,0 +1,121 @@
+"""What a served application is given: the ``args`` of a Serve config, as one pydantic model.
+
+``serve run serve/local.yaml`` hands ``applications[].args`` to :func:`atflrec.serving.app.build_app`,
+which validates them as :class:`ServeArgs`; ``atflrec serve`` reads the same file with
+:func:`load_serve_config`, applies command-line overrides to the args, and keeps the file's
+deployment and HTTP options.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import Field, ValidationError, field_validator
+
+from atflrec.config import ConfigError, StrictModel, apply_overrides, build_config, read_yaml
+
+IMPORT_PATH = "atflrec.serving.app:build_app"
+DEPLOYMENT = "Recommender"
+APP_NAME = "atflrec"
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class Limits(StrictModel):
+    """Request limits; anything beyond them is refused with a 4xx naming the field."""
+
+    max_history: int = Field(50, ge=1, description="most history entries one request may carry")
+    max_candidates: int = Field(1000, ge=1, description="most candidates one /v1/score request may carry")
+    max_k: int = Field(100, ge=1, description="largest k of /v1/recommend")
+    max_audio_bytes: int = Field(10 * 2**20, ge=1, description="largest cold-start audio upload, in bytes (decoded)")
+
+
+class Batching(StrictModel):
+    max_batch_size: int = Field(8, ge=1, description="requests per batched model call (1: no batching)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
+    rows_per_pass: int = Field(32, ge=1, description="candidate suffixes per forward pass")
+
+
+class ServeArgs(StrictModel):
+    """``args`` of the atflrec application in a Serve config."""
+
+    models: dict[str, str] = Field(
+        ..., min_length=1,
+        description="model id -> artifact directory; the first serves requests without a "
+                    "serve_multiplexed_model_id header",
+    )
+    dataset: str = Field(..., description="dataset directory whose items.parquet is the catalogue")
+    features: str = Field(..., description="feature store of the dataset's audio (path or URI)")
+    items_dir: str = Field(
+        "runs/serve/items",
+        description="where cold-start items are kept; every replica reads it (shared storage on a cluster)",
+    )
+    base_model: str | None = Field(None, description="override the artifacts' base-model reference")
+    device: str = Field("auto", description="torch device; auto picks cuda when the replica has a GPU")
+    limits: Limits = Field(default_factory=Limits, description="request limits")
+    batching: Batching = Field(default_factory=Batching, description="request batching")
+
+    @field_validator("models")
+    @classmethod
+    def _ids(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not MODEL_ID.fullmatch(k)]
+        if bad:
+            raise ValueError(f"model ids must match {MODEL_ID.pattern}; got {bad}")
+        return value
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.models))
+
+    def resolved(self) -> "ServeArgs":
+        """Local paths made absolute, so every replica reads the same files whatever its directory."""
+        from atflrec.features.store import absolute_uri
+
+        local = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
+        return self.model_copy(update={
+            "models": {k: local(v) for k, v in self.models.items()},
+            "dataset": local(self.dataset), "features": absolute_uri(self.features),
+            "items_dir": local(self.items_dir),
+        })
+
+
+@dataclass
+class ServeLaunch:
+    """One application of a Serve config, ready for ``serve.start`` + ``serve.run``."""
+
+    args: ServeArgs
+    name: str = APP_NAME
+    route_prefix: str = "/"
+    deployment_options: dict[str, Any] = field(default_factory=dict)
+    http_options: dict[str, Any] = field(default_factory=dict)
+    proxy_location: str | None = None
+
+
+def load_serve_config(path: str | Path | None, overrides: Iterable[str] = ()) -> ServeLaunch:
+    """The atflrec application of a standard Serve config file, its args overridden with
+    dotted ``key=value`` pairs (e.g. ``models.best=runs/best``, ``limits.max_k=20``).
+    Without a file: the args come from the overrides alone, with default deployment options."""
+    from ray.serve.schema import ServeDeploySchema
+
+    source = str(path) if path is not None else "defaults"
+    default = {"applications": [{"name": APP_NAME, "import_path": IMPORT_PATH}]}
+    data = read_yaml(path) if path is not None else default
+    try:
+        schema = ServeDeploySchema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is not a valid Serve config:\n{exc}") from None
+    apps = [a for a in schema.applications if a.import_path == IMPORT_PATH]
+    if len(apps) != 1:
+        raise ConfigError(f"{source}: expected one application with import_path {IMPORT_PATH}, found {len(apps)}")
+    app = apps[0]
+    args = build_config(ServeArgs, apply_overrides(app.args or {}, overrides), f"{source}: applications[].args")
+    options: dict[str, Any] = {}
+    for deployment in app.deployments:
+        if deployment.name != DEPLOYMENT:
+            raise ConfigError(f"{source}: unknown deployment {deployment.name!r}; the application has {DEPLOYMENT!r}")
+        options = deployment.model_dump(exclude_unset=True, exclude={"name"})
+    http = schema.http_options.model_dump(exclude_unset=True) if "http_options" in data else {}
+    proxy = data.get("proxy_location")
+    return ServeLaunch(args, app.name, app.route_prefix or "/", options, http, proxy)

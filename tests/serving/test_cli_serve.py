@@ -1,0 +1,51 @@
+"""`atflrec serve` deploys the application of a shipped Serve config, with CLI shorthands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from ray import serve
+
+from atflrec.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_atflrec_serve_deploys_the_local_config(serve_port, serving_data, artifacts, tmp_path, capsys) -> None:
+    code = main([
+        "serve", "--config", str(ROOT / "serve/local.yaml"), "--checkpoint", f"tiny={artifacts['early']}",
+        "--checkpoint", str(artifacts["late_head"]), "--data", str(serving_data["dataset"]),
+        "--features", str(serving_data["features"]), "--port", str(serve_port), "--no-blocking",
+        f"items_dir={tmp_path / 'items'}", "limits.max_k=3",
+    ])
+    try:
+        assert code == 0
+        assert f"http://127.0.0.1:{serve_port}/" in capsys.readouterr().out
+        base = f"http://127.0.0.1:{serve_port}"
+        assert httpx.get(f"{base}/healthz", timeout=60).json()["models"] == ["tiny", "late_head"]
+        info = httpx.get(f"{base}/v1/model", timeout=60).json()
+        assert info["default_model"] == "tiny" and info["limits"]["max_k"] == 3
+        assert serve.status().applications["atflrec"].status == "RUNNING"
+    finally:
+        serve.delete("atflrec")
+
+
+def test_atflrec_serve_refuses_a_missing_checkpoint_before_deploying(serving_data, tmp_path, capsys) -> None:
+    code = main(["serve", "--config", str(ROOT / "serve/local.yaml"), "--checkpoint", str(tmp_path / "nothing"),
+                 "--data", str(serving_data["dataset"]), "--features", str(serving_data["features"]), "--no-blocking"])
+    assert code == 2
+    assert "is not an ATFLRec artifact" in capsys.readouterr().err
+
+
+def test_the_demo_step_deploys_answers_one_recommend_request_and_tears_down(serve_port, serving_data, artifacts,
+                                                                           capsys) -> None:
+    from atflrec.serving.demo import serve_and_query
+
+    result = serve_and_query(artifacts["early"], serving_data["dataset"], str(serving_data["features"]), k=3,
+                             port=serve_port)
+    items = result["response"]["items"]
+    seen = {h["item_id"] for h in result["request"]["history"]}
+    assert len(items) == 3 and not seen & {i["item_id"] for i in items}
+    assert "v1/recommend" in capsys.readouterr().out
+    assert "atflrec" not in serve.status().applications

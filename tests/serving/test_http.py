@@ -1,0 +1,277 @@
+"""The Serve application over real HTTP on 127.0.0.1: every endpoint, every kind of bad input,
+cold-start items, multiplexed models, batching, and scores equal to the offline scoring path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from atflrec.features.clip import featurise_file
+from atflrec.features.store import load_features
+from atflrec.model.artifact import load_artifact
+from atflrec.serving.config import ServeArgs
+from atflrec.training.local import make_collator, predict
+
+N_MELS = 8
+APP = "atflrec-http-test"
+PREFIX = "/t"
+LIMITS = {"max_history": 6, "max_candidates": 10, "max_k": 50, "max_audio_bytes": 40_000}
+
+
+@pytest.fixture(scope="module")
+def served(serve_port, serving_data, artifacts, tmp_path_factory) -> dict[str, Any]:
+    from ray import serve
+
+    from atflrec.serving.app import make_app
+
+    args = ServeArgs(models={"early": str(artifacts["early"]), "late": str(artifacts["late_head"])},
+                     dataset=str(serving_data["dataset"]), features=str(serving_data["features"]),
+                     items_dir=str(tmp_path_factory.mktemp("cold-items")), limits=LIMITS,
+                     batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "rows_per_pass": 4})
+    serve.run(make_app(args, {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}), name=APP, route_prefix=PREFIX)
+    items = pq.read_table(serving_data["dataset"] / "items.parquet").to_pylist()
+    with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}{PREFIX}", timeout=120) as client:
+        yield {"client": client, "args": args, "titles": {r["item_id"]: r["title"] for r in items},
+               "url": f"http://127.0.0.1:{serve_port}{PREFIX}"}
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def offline(artifacts, serving_data):
+    """The offline scoring path: the loaded artifact, the Collator and ``predict``."""
+    models = {"early": load_artifact(artifacts["early"]), "late": load_artifact(artifacts["late_head"])}
+    store = load_features(str(serving_data["features"]), N_MELS)
+
+    def scores(model_id: str, titles: dict[str, str], history: list[dict], candidates: list[str],
+               extra_features: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        liked = [h["item_id"] for h in history if h["liked"]]
+        disliked = [h["item_id"] for h in history if not h["liked"]]
+        rows = [{"sample_id": str(n), "user_id": "u", "item_id": c, "title": titles[c], "label": 0, "timestamp": n,
+                 "liked_ids": liked, "liked_titles": [titles[i] for i in liked],
+                 "disliked_ids": disliked, "disliked_titles": [titles[i] for i in disliked]}
+                for n, c in enumerate(candidates)]
+        model = models[model_id]
+        return predict(model, rows, make_collator(model, {**store, **(extra_features or {})}), batch_size=4)
+
+    return scores
+
+
+def history_of(ids: list[str], likes: str = "ynyny") -> list[dict[str, Any]]:
+    return [{"item_id": item, "liked": likes[n % len(likes)] == "y"} for n, item in enumerate(ids)]
+
+
+def wav_bytes(seconds: float = 0.4, frequency: float = 440.0, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), rate, format="WAV")
+    return buffer.getvalue()
+
+
+def assert_error(response: httpx.Response, status: int, field: str, text: str = "") -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    fields = [f["field"] for f in body["fields"]]
+    assert field in fields, body
+    assert text.lower() in body["error"].lower(), body
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+def test_healthz_and_openapi(served) -> None:
+    health = served["client"].get("/healthz")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["models"] == ["early", "late"]
+    assert body["items"] >= len(served["titles"])
+    schema = served["client"].get("/openapi.json").json()
+    assert {"/healthz", "/v1/model", "/v1/score", "/v1/recommend", "/v1/items"} <= set(schema["paths"])
+
+
+def test_model_description_follows_the_multiplexed_model_id(served, artifacts) -> None:
+    client = served["client"]
+    default = client.get("/v1/model").json()
+    assert default["model_id"] == "early" and default["adapters"] == ["shared"] and default["fusion"] == "early"
+    assert default["artifact"] == str(Path(artifacts["early"]).resolve())
+    assert default["served_models"] == ["early", "late"] and default["limits"]["max_k"] == LIMITS["max_k"]
+    assert {"torch", "transformers", "peft"} <= set(default["versions"])
+    late = client.get("/v1/model", headers={"serve_multiplexed_model_id": "late"}).json()
+    assert late["model_id"] == "late" and late["adapters"] == ["text", "audio"] and late["fusion"] == "late_head"
+
+
+@pytest.mark.parametrize("model_id", ["early", "late"])
+def test_scores_equal_the_offline_scoring_path(served, offline, model_id) -> None:
+    ids = sorted(served["titles"])
+    history, candidates = history_of(ids[:4]), ids[4:10]
+    response = served["client"].post("/v1/score", json={"history": history, "candidates": candidates},
+                                     headers={"serve_multiplexed_model_id": model_id})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == model_id and [s["item_id"] for s in body["scores"]] == candidates
+    assert [s["title"] for s in body["scores"]] == [served["titles"][c] for c in candidates]
+    got = np.array([s["score"] for s in body["scores"]])
+    np.testing.assert_allclose(got, offline(model_id, served["titles"], history, candidates), atol=1e-4, rtol=0)
+
+
+def test_the_two_models_really_differ(served) -> None:
+    ids = sorted(served["titles"])
+    request = {"history": history_of(ids[:3]), "candidates": ids[3:8]}
+    a = served["client"].post("/v1/score", json=request).json()["scores"]
+    b = served["client"].post("/v1/score", json=request, headers={"serve_multiplexed_model_id": "late"}).json()["scores"]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) > 1e-3
+
+
+def test_recommend_ranks_the_unseen_catalogue_like_the_offline_path(served, offline) -> None:
+    ids = sorted(served["titles"])
+    history = history_of(ids[2:6])
+    response = served["client"].post("/v1/recommend", json={"history": history, "k": 5})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    seen = {h["item_id"] for h in history}
+    assert len(items) == 5 and not seen & {i["item_id"] for i in items}
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    unseen = [i for i in ids if i not in seen]
+    expected = offline("early", served["titles"], history, unseen)
+    best = np.argsort(-expected, kind="stable")[:5]
+    assert [i["item_id"] for i in items] == [unseen[b] for b in best]
+    np.testing.assert_allclose(scores, expected[best], atol=1e-4, rtol=0)
+
+
+def test_concurrent_requests_are_batched_and_each_scored_right(served, offline) -> None:
+    ids = sorted(served["titles"])
+    requests = [{"history": history_of(ids[n % 5: n % 5 + 1 + n % 4], "yn"[n % 2:] + "y"),
+                 "candidates": ids[6 + n % 3: 10 + n % 3]} for n in range(12)]
+    before = served["client"].get("/healthz").json()
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=served["url"], timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/score", json=r) for r in requests))
+
+    responses = asyncio.run(send_all())
+    after = served["client"].get("/healthz").json()
+    for request, response in zip(requests, responses):
+        assert response.status_code == 200, response.text
+        got = np.array([s["score"] for s in response.json()["scores"]])
+        expected = offline("early", served["titles"], request["history"], request["candidates"])
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    queries, batches = after["queries"] - before["queries"], after["batches"] - before["batches"]
+    assert queries == len(requests) and batches < queries  # some model calls served several requests
+
+
+def test_a_cold_start_item_becomes_scorable_and_recommendable(served, offline, serving_data) -> None:
+    client = served["client"]
+    audio = wav_bytes(frequency=660.0)
+    response = client.post("/v1/items", json={"item_id": "cold-1", "title": "Fresh Upload", "tags": ["new"],
+                                              "audio": base64.b64encode(audio).decode()})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["item_id"] == "cold-1" and body["tags"] == ["new"] and body["n_frames"] > 0
+    assert (Path(served["args"].resolved().items_dir) / "cold-1.parquet").is_file()
+
+    ids = sorted(served["titles"])
+    history = history_of(ids[:3])
+    everything = client.post("/v1/recommend", json={"history": history, "k": LIMITS["max_k"]}).json()["items"]
+    assert "cold-1" in [i["item_id"] for i in everything]
+    assert len(everything) == len(served["titles"]) + 1 - len(history)
+
+    # The served score is the offline path's with the features the feature store's own code computes.
+    clip = featurise_file(audio, ".wav", [N_MELS], 0.5)
+    features = {"cold-1": clip.features[N_MELS][: clip.n_frames].astype(np.float16)}
+    titles = {**served["titles"], "cold-1": "Fresh Upload"}
+    for model_id in ("early", "late"):
+        scored = client.post("/v1/score", json={"history": history, "candidates": ["cold-1", ids[5]]},
+                             headers={"serve_multiplexed_model_id": model_id}).json()["scores"]
+        expected = offline(model_id, titles, history, ["cold-1", ids[5]], features)
+        np.testing.assert_allclose([s["score"] for s in scored], expected, atol=1e-4, rtol=0)
+    # Cold items may appear in histories too.
+    assert client.post("/v1/score", json={"history": history_of(["cold-1"]), "candidates": [ids[0]]}).status_code == 200
+
+
+# --- bad input: a 4xx naming the field, never a 500 --------------------------------------------
+
+BAD_REQUESTS = [
+    # (what, method path, kwargs, status, field, text)
+    ("malformed JSON", "/v1/score", {"content": b'{"history": [', "headers": {"content-type": "application/json"}},
+     422, "body", "malformed JSON"),
+    ("no body", "/v1/score", {}, 422, "body", "required"),
+    ("wrong type of an item id", "/v1/score", {"json": {"history": [{"item_id": 5, "liked": True}], "candidates": ["x"]}},
+     422, "history.0.item_id", "string"),
+    ("wrong type of liked", "/v1/score", {"json": {"history": [{"item_id": "a", "liked": "yes"}], "candidates": ["x"]}},
+     422, "history.0.liked", "boolean"),
+    ("candidates not a list", "/v1/score", {"json": {"history": [{"item_id": "a", "liked": True}], "candidates": "x"}},
+     422, "candidates", "list"),
+    ("k not an integer", "/v1/recommend", {"json": {"history": [{"item_id": "a", "liked": True}], "k": "3"}},
+     422, "k", "integer"),
+    ("an unknown field", "/v1/score", {"json": {"history": [{"item_id": "a", "liked": True}], "candidates": ["a"],
+                                                "model": "late"}}, 422, "model", "unknown field"),
+    ("empty history", "/v1/score", {"json": {"history": [], "candidates": ["x"]}}, 422, "history", "at least 1"),
+    ("empty history (recommend)", "/v1/recommend", {"json": {"history": []}}, 422, "history", "at least 1"),
+    ("no candidates", "/v1/score", {"json": {"history": "HISTORY", "candidates": []}}, 422, "candidates", "at least 1"),
+    ("k below 1", "/v1/recommend", {"json": {"history": "HISTORY", "k": 0}}, 422, "k", "greater than or equal"),
+    ("k above the limit", "/v1/recommend", {"json": {"history": "HISTORY", "k": LIMITS["max_k"] + 1}}, 422, "k", "max_k"),
+    ("over-long history", "/v1/score", {"json": {"history": "LONG", "candidates": "IDS:1"}}, 422, "history", "at most 6"),
+    ("over-long history (recommend)", "/v1/recommend", {"json": {"history": "LONG"}}, 422, "history", "at most 6"),
+    ("too many candidates", "/v1/score", {"json": {"history": "HISTORY", "candidates": "IDS:11"}}, 422, "candidates",
+     "at most 10"),
+    ("unknown candidate", "/v1/score", {"json": {"history": "HISTORY", "candidates": ["IDS0", "no-such-item"]}},
+     422, "candidates.1", "unknown item 'no-such-item'"),
+    ("unknown history item", "/v1/recommend", {"json": {"history": [{"item_id": "nope", "liked": False}]}},
+     422, "history.0.item_id", "unknown item 'nope'"),
+    ("unknown model", "/v1/score", {"json": {"history": "HISTORY", "candidates": ["IDS0"]},
+                                    "headers": {"serve_multiplexed_model_id": "nope"}},
+     404, "serve_multiplexed_model_id", "unknown model 'nope'"),
+    ("oversize audio", "/v1/items", {"json": {"item_id": "big", "title": "t", "audio": "BIGAUDIO"}}, 413, "audio",
+     "max_audio_bytes"),
+    ("undecodable audio", "/v1/items", {"json": {"item_id": "junk", "title": "t",
+                                                 "audio": base64.b64encode(b"RIFF not audio" * 40).decode()}},
+     422, "audio", "unreadable"),
+    ("silent audio", "/v1/items", {"json": {"item_id": "quiet", "title": "t", "audio": "SILENCE"}}, 422, "audio",
+     "silent"),
+    ("audio not base64", "/v1/items", {"json": {"item_id": "b64", "title": "t", "audio": "%%%not base64%%%"}},
+     422, "audio", "base64"),
+    ("unsupported audio format", "/v1/items", {"json": {"item_id": "mp3", "title": "t", "audio": "AAAA",
+                                                        "audio_format": "mp3"}}, 422, "audio_format", "wav"),
+    ("bad item id", "/v1/items", {"json": {"item_id": "../evil", "title": "t", "audio": "AAAA"}}, 422, "item_id",
+     "pattern"),
+    ("empty title", "/v1/items", {"json": {"item_id": "ok", "title": "", "audio": "AAAA"}}, 422, "title", "at least 1"),
+    ("existing item id", "/v1/items", {"json": {"item_id": "IDS0", "title": "t", "audio": "WAV"}}, 409, "item_id",
+     "already in the catalogue"),
+]
+
+
+def _fill(value: Any, ids: list[str]) -> Any:
+    """Placeholders in BAD_REQUESTS that need the catalogue's ids or generated audio."""
+    silence = io.BytesIO()
+    sf.write(silence, np.zeros(8000, np.float32), 16000, format="WAV")
+    table = {
+        "HISTORY": history_of(ids[:2]), "LONG": history_of(ids[:LIMITS["max_history"] + 1]),
+        "IDS:1": ids[-1:], "IDS:11": (ids * 2)[:LIMITS["max_candidates"] + 1], "IDS0": ids[0],
+        "BIGAUDIO": base64.b64encode(wav_bytes(seconds=2.0)).decode(),
+        "SILENCE": base64.b64encode(silence.getvalue()).decode(), "WAV": base64.b64encode(wav_bytes()).decode(),
+    }
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
+    return table.get(value, value) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("what, path, kwargs, status, field, text", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_gets_a_4xx_naming_the_field(served, what, path, kwargs, status, field, text) -> None:
+    response = served["client"].post(path, **_fill(kwargs, sorted(served["titles"])))
+    assert_error(response, status, field, text)
+
+
+def test_the_service_still_answers_after_bad_input(served) -> None:
+    ids = sorted(served["titles"])
+    response = served["client"].post("/v1/score", json={"history": history_of(ids[:1]), "candidates": ids[1:3]})
+    assert response.status_code == 200
