@@ -221,6 +221,22 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluation -----------------------------------------------------------------------------
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from atflrec.evaluation import EvalConfig, quick_config, run_evaluation
+
+    shorthands = ("samples", "features", "data", "out")
+    config = _stage_config(args, EvalConfig, shorthands)
+    if args.quick:
+        config = quick_config(config)
+    command = ["atflrec evaluate"] + ([f"--config {args.config}"] if args.config else [])
+    command += [f"--{key} {getattr(args, key)}" for key in shorthands if getattr(args, key) is not None]
+    command += (["--quick"] if args.quick else []) + list(args.overrides)
+    run_evaluation(config, command=" ".join(command))
+    return 0
+
+
 # --- serving --------------------------------------------------------------------------------
 
 def _serve(args: argparse.Namespace) -> int:
@@ -376,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 "
                          "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
         job.set_defaults(handler=_jobs)
+
+    evaluate = verbs.add_parser("evaluate", help="baselines, ATFLRec and ablations on warm and cold-start splits; "
+                                "results.parquet, report.md, plots")
+    evaluate.add_argument("--samples", help="samples directory")
+    evaluate.add_argument("--features", help="feature store (unset: no audio)")
+    evaluate.add_argument("--data", help="dataset directory for titles and tags (default: the samples' source)")
+    evaluate.add_argument("--out", help="output directory (a rerun skips finished jobs)")
+    evaluate.add_argument("--quick", action="store_true", help="shrink to the config's quick settings (smoke run)")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
 
     serve = verbs.add_parser("serve", help="serve models over HTTP with Ray Serve (config: serve/*.yaml)")
     serve.add_argument("--checkpoint", action="append", metavar="[ID=]DIR",

@@ -40,6 +40,11 @@ class DemoConfig(StrictModel):
         description="search space (Ray Tune); the demo points it at its samples, features and base model",
     )
     tune_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the search space")
+    eval_config: str = Field(
+        "configs/eval/quick.yaml",
+        description="evaluation config (baselines, ATFLRec); the demo points it at its samples, features and base model",
+    )
+    eval_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the evaluation config")
     serve_port: int = Field(8000, ge=1, le=65535, description="port on 127.0.0.1 where the demo serves the search's best model")
 
 
@@ -63,6 +68,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     from atflrec.samples import make_samples
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig
+    from atflrec.evaluation import EvalConfig, run_evaluation
     from atflrec.serving.demo import serve_and_query
     from atflrec.tuning.search import run_search
 
@@ -114,6 +120,15 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
             f"train.samples={outputs['samples']}", f"train.features={outputs['features']}",
             f"train.model.base_model={config.base_model}", *config.tune_overrides,
         ])
+
+    with _stage("evaluate", timings):
+        shutil.rmtree(workdir / "eval", ignore_errors=True)
+        eval_overrides = [f"samples={outputs['samples']}", f"features={outputs['features']}",
+                          f"data={outputs['dataset']}", f"llm.model.base_model={config.base_model}",
+                          *config.eval_overrides]
+        outputs["report"] = run_evaluation(
+            load_config(EvalConfig, config.eval_config, eval_overrides), workdir / "eval",
+            command=f"atflrec evaluate --config {config.eval_config} --out {workdir / 'eval'} " + " ".join(eval_overrides))
 
     with _stage("serve", timings):
         # Deploys best/ with Ray Serve, asks POST /v1/recommend once over HTTP, then deletes the app.

@@ -11,6 +11,7 @@ from atflrec.config import load_config, read_yaml
 from atflrec.data.microlens import MicroLensImportConfig
 from atflrec.data.synth import SynthConfig
 from atflrec.demo import DemoConfig
+from atflrec.evaluation import EvalConfig
 from atflrec.features.pipeline import FeatureConfig
 from atflrec.training.distributed_config import TrainConfig
 
@@ -23,6 +24,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "configs/data/synth_bench_2000.yaml": SynthConfig,
     "configs/data/microlens.yaml": MicroLensImportConfig,
     "configs/features/default.yaml": FeatureConfig,
+    "configs/eval/default.yaml": EvalConfig,
+    "configs/eval/quick.yaml": EvalConfig,
     "configs/train/cpu.yaml": TrainConfig,
     "configs/train/gpu_small_zero2.yaml": TrainConfig,
     "configs/train/gpu_7b_zero3.yaml": TrainConfig,

@@ -1,0 +1,203 @@
+"""``atflrec evaluate``'s configuration: which models, few-shot sizes, seeds, splits and ablations.
+
+Each job of the evaluation is one model variant trained on one few-shot draw (shots, seed) and
+scored on every split. A variant is a model's settings, or an ablation's change to them (a dotted
+key of the settings set to one value). Settings are validated against the model kind's own
+settings class when the config loads, so a bad key names the model and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from atflrec.config import StrictModel
+
+DEFAULT_VARIANT = "default"
+
+
+class ModelSpec(StrictModel):
+    name: str = Field(description="name in the results and the report (unique)")
+    kind: str | None = Field(None, description="recommender kind; unset: the name")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the kind's settings (see its Settings class)")
+    shots: list[int] | None = Field(None, description="few-shot sizes for this model; unset: the evaluation's")
+    seeds: list[int] | None = Field(None, description="seeds for this model; unset: the evaluation's")
+
+    @property
+    def resolved_kind(self) -> str:
+        return self.kind or self.name
+
+
+class AblationSpec(StrictModel):
+    name: str = Field(description="ablation name, e.g. pooling")
+    model: str = Field(description="the models[] entry it varies (by name)")
+    key: str = Field(description="dotted settings key, e.g. model.encoder.pooling")
+    values: list[Any] = Field(min_length=1, description="values of the key, one variant each")
+    shots: list[int] | None = Field(None, description="few-shot sizes; unset: the model's")
+    seeds: list[int] | None = Field(None, description="seeds; unset: the model's")
+
+
+class QuickSettings(StrictModel):
+    """What ``--quick`` shrinks any evaluation to (the demo's smoke run)."""
+
+    shots: list[int] = Field(default_factory=lambda: [16], description="few-shot sizes")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="seeds")
+    max_eval_samples: int = Field(64, ge=1, description="rows per evaluation split")
+    llm_max_steps: int = Field(2, ge=1, description="optimizer steps per LLM training stage")
+    ablations: bool = Field(False, description="keep the ablations")
+
+
+class EvalConfig(StrictModel):
+    """``atflrec evaluate``."""
+
+    samples: str | None = Field(None, description="samples directory (from `atflrec samples`); required")
+    features: str | None = Field(None, description="feature store (from `atflrec features`); unset: no audio")
+    data: str | None = Field(None, description="dataset directory for item titles and tags; unset: the samples' source")
+    out: str = Field("runs/eval", description="output directory (results.parquet, report.md, plots)")
+    shots: list[int] = Field(default_factory=lambda: [16, 64, 256], min_length=1, description="few-shot training set sizes")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="seeds: few-shot draw, initialisation, shuffling")
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"warm": "test", "cold": "cold"},
+        description="report name -> samples split; warm = later interactions with seen items, cold = items never seen",
+    )
+    max_eval_samples: int | None = Field(300, ge=1, description="seeded subsample of each split, the same rows for every model")
+    eval_seed: int = Field(0, description="seed of that subsample")
+    llm: dict[str, Any] = Field(default_factory=dict, description="settings shared by every LLM model; a model's own settings win key by key")
+    models: list[ModelSpec] = Field(min_length=1, description="the models, each trained on every (shots, seed)")
+    ablations: list[AblationSpec] = Field(default_factory=list, description="variants of one model, one settings key each")
+    quick: QuickSettings = Field(default_factory=QuickSettings, description="what --quick shrinks this evaluation to")
+
+    @field_validator("shots", "seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeated values in {value}")
+        return value
+
+    @field_validator("shots")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(s < 1 for s in value):
+            raise ValueError(f"few-shot sizes must be positive, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "EvalConfig":
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: repeated names in {names}")
+        for spec in self.models:
+            model_settings(self, spec)  # raises naming the model and key
+        for ablation in self.ablations:
+            if ablation.model not in names:
+                raise ValueError(f"ablations.{ablation.name}.model: no model named {ablation.model!r} (models: {names})")
+            spec = next(m for m in self.models if m.name == ablation.model)
+            for value in ablation.values:
+                model_settings(self, spec, {ablation.key: value}, where=f"ablations.{ablation.name}")
+        return self
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, recursing into mappings."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with the dotted key set (sections created as needed)."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return {**data, head: value}
+    child = data.get(head) or {}
+    if not isinstance(child, dict):
+        raise ValueError(f"{head} is a value, not a section; cannot set {dotted}")
+    return {**data, head: _set(child, rest, value)}
+
+
+def model_settings(config: EvalConfig, spec: ModelSpec, changes: dict[str, Any] | None = None, where: str = "") -> StrictModel:
+    """The validated settings of ``spec`` (LLM defaults merged in, ``changes`` applied)."""
+    from pydantic import ValidationError
+
+    from atflrec.baselines import RECOMMENDERS
+
+    where = where or f"models.{spec.name}"
+    try:
+        cls = RECOMMENDERS[spec.resolved_kind]
+    except ValueError as exc:
+        raise ValueError(f"{where}.kind: {exc}") from None
+    data = _merge(config.llm, spec.settings) if cls.uses_llm else dict(spec.settings)
+    for key, value in (changes or {}).items():
+        data = _set(data, key, value)
+    try:
+        return cls.Settings.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
+            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in err.errors()
+        )
+        raise ValueError(f"{where}.settings: {problems}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model variant on one few-shot draw."""
+
+    model: str
+    kind: str
+    variant: str
+    ablation: str
+    settings: StrictModel
+    shots: int
+    seed: int
+
+    @property
+    def settings_key(self) -> str:
+        """Identifies the trained model: kind and settings (two variants with equal keys share results)."""
+        text = json.dumps({"kind": self.kind, "settings": self.settings.model_dump(mode="json")}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def plan_jobs(config: EvalConfig) -> list[Job]:
+    """Every job, ordered by (shots, seed) so the work they share sits together."""
+    jobs: list[Job] = []
+    for spec in config.models:
+        settings = model_settings(config, spec)
+        for shots in spec.shots or config.shots:
+            for seed in spec.seeds or config.seeds:
+                jobs.append(Job(spec.name, spec.resolved_kind, DEFAULT_VARIANT, "", settings, shots, seed))
+    for ablation in config.ablations:
+        spec = next(m for m in config.models if m.name == ablation.model)
+        for value in ablation.values:
+            settings = model_settings(config, spec, {ablation.key: value})
+            for shots in ablation.shots or spec.shots or config.shots:
+                for seed in ablation.seeds or spec.seeds or config.seeds:
+                    jobs.append(Job(spec.name, spec.resolved_kind, str(value), ablation.name, settings, shots, seed))
+    ranked = sorted(enumerate(jobs), key=lambda pair: (pair[1].shots, pair[1].seed, pair[0]))
+    return [job for _, job in ranked]
+
+
+def quick_config(config: EvalConfig) -> EvalConfig:
+    """The evaluation shrunk as ``config.quick`` says: fewer shots, seeds and rows, LLM stages capped."""
+    from atflrec.baselines import RECOMMENDERS
+
+    quick = config.quick
+    models = []
+    for spec in config.models:
+        settings = dict(spec.settings)
+        if RECOMMENDERS[spec.resolved_kind].uses_llm:
+            settings = _set(settings, "optim.max_steps", quick.llm_max_steps)
+        models.append(spec.model_copy(update={"settings": settings, "shots": None, "seeds": None}))
+    data = config.model_dump()
+    data.update(
+        shots=quick.shots, seeds=quick.seeds, models=[m.model_dump() for m in models],
+        max_eval_samples=min(quick.max_eval_samples, config.max_eval_samples or quick.max_eval_samples),
+        ablations=[a.model_dump() | {"shots": None, "seeds": None} for a in config.ablations] if quick.ablations else [],
+    )
+    return EvalConfig.model_validate(data)

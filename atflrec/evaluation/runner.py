@@ -1,0 +1,266 @@
+"""``atflrec evaluate``: every model variant on every (shots, seed), scored on every split.
+
+Data are prepared once per run: the training split, the evaluation rows (one seeded subsample per
+split, the same for every model), the item catalogue and the audio features (per Mel-bin count, on
+first use). Jobs run grouped by (shots, seed); within a group the models share trained parts
+through the memo in :class:`~atflrec.baselines.base.Context` (see :mod:`atflrec.baselines.llm`),
+and variants with identical settings are trained once.
+
+After every job ``results.parquet`` is rewritten, so an interrupted run loses at most one job; a
+rerun into the same directory skips every job whose rows are there with the same settings and
+data, and drops rows of jobs the config no longer has. ``report.md`` and the plots are rebuilt at
+the end (:mod:`atflrec.evaluation.report`).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atflrec.baselines import Context, Item, build_recommender
+from atflrec.baselines.base import Row, rows_key
+from atflrec.config import ConfigError, dump_config
+from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
+from atflrec.metrics import auc, evaluate_scores
+from atflrec.samples import META_FILE, few_shot, read_samples
+
+RESULTS_FILE = "results.parquet"
+RUN_FILE = "run.json"
+RESULTS_SCHEMA = pa.schema([
+    ("model", pa.string()), ("kind", pa.string()), ("variant", pa.string()), ("ablation", pa.string()),
+    ("shots", pa.int64()), ("seed", pa.int64()), ("split", pa.string()), ("n_eval", pa.int64()),
+    ("auc", pa.float64()), ("gauc", pa.float64()), ("log_loss", pa.float64()),
+    ("fit_seconds", pa.float64()), ("score_seconds", pa.float64()),
+    ("settings_key", pa.string()), ("data_key", pa.string()),
+])
+JOB_COLUMNS = ("model", "variant", "ablation", "shots", "seed")
+
+
+@dataclass
+class EvalData:
+    train: pa.Table
+    evals: dict[str, list[Row]]  # report split name -> rows
+    items: dict[str, Item]
+    features: Any  # n_mels -> features, or None
+    data_dir: Path | None
+    key: str  # fingerprint of all of the above
+
+
+class StoreFeatures:
+    """Features of the cited items, loaded from the store once per Mel-bin count."""
+
+    def __init__(self, store: str, item_ids: list[str]) -> None:
+        self.store, self.item_ids = store, item_ids
+        self.load = lru_cache(maxsize=None)(self._load)
+
+    def _load(self, n_mels: int) -> Mapping[str, np.ndarray]:
+        from atflrec.features.store import load_features
+
+        return load_features(self.store, n_mels, self.item_ids)
+
+    def __call__(self, n_mels: int) -> Mapping[str, np.ndarray]:
+        return self.load(n_mels)
+
+
+def _data_dir(config: EvalConfig) -> Path | None:
+    if config.data is not None:
+        return Path(config.data)
+    meta = Path(config.samples) / META_FILE
+    source = json.loads(meta.read_text()).get("source") if meta.is_file() else None
+    return Path(source) if source and (Path(source) / "items.parquet").is_file() else None
+
+
+def _catalogue(data_dir: Path | None, tables: list[pa.Table]) -> dict[str, Item]:
+    """Titles and tags of every item; without a dataset, the titles the samples carry (no tags)."""
+    if data_dir is not None:
+        from atflrec.data.format import read_items
+
+        items = read_items(data_dir)
+        return {i: Item(t, tuple(g)) for i, t, g in zip(items.column("item_id").to_pylist(),
+                                                        items.column("title").to_pylist(),
+                                                        items.column("tags").to_pylist())}
+    catalogue: dict[str, Item] = {}
+    for table in tables:
+        for row in table.to_pylist():
+            catalogue.setdefault(row["item_id"], Item(row["title"]))
+            for kind in ("liked", "disliked"):
+                for item, title in zip(row[f"{kind}_ids"], row[f"{kind}_titles"]):
+                    catalogue.setdefault(item, Item(title))
+    return catalogue
+
+
+def prepare_data(config: EvalConfig) -> EvalData:
+    if config.samples is None:
+        raise ConfigError("samples: set the samples directory (e.g. samples=runs/demo/samples)")
+    train = read_samples(config.samples, "train")
+    evals: dict[str, list[Row]] = {}
+    tables = [train]
+    for name, split in config.splits.items():
+        table = read_samples(config.samples, split)
+        if config.max_eval_samples is not None and table.num_rows > config.max_eval_samples:
+            table = few_shot(table, config.max_eval_samples, config.eval_seed)
+        evals[name] = table.to_pylist()
+        tables.append(table)
+    data_dir = _data_dir(config)
+    items = _catalogue(data_dir, tables)
+    features = StoreFeatures(config.features, sorted(items)) if config.features is not None else None
+    manifest = None
+    if config.features is not None:
+        from atflrec.features.store import read_manifest
+
+        manifest = read_manifest(config.features)
+        if manifest is None:
+            raise ConfigError(f"features: no feature store at {config.features!r} (run `atflrec features` first)")
+    key = hashlib.sha1(json.dumps({
+        "train": rows_key(train.to_pylist()),
+        "evals": {name: rows_key(rows) for name, rows in evals.items()},
+        "items": hashlib.sha1(repr(sorted(items.items())).encode()).hexdigest(),
+        "features": None if manifest is None else [manifest.get("index"), manifest.get("params")],
+    }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return EvalData(train, evals, items, features, data_dir, key)
+
+
+def _score_rows(job: Job, data: EvalData, train_rows: list[Row], shared: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fit the job's model and score every split: one result row per split."""
+    recommender = build_recommender(job.kind, job.settings)
+    start = time.perf_counter()
+    recommender.fit(train_rows, Context(data.items, data.features, job.seed, shared))
+    fit_seconds = time.perf_counter() - start
+    rows = []
+    for split, eval_rows in data.evals.items():
+        start = time.perf_counter()
+        scores = recommender.score(eval_rows)
+        seconds = time.perf_counter() - start
+        if not np.all(np.isfinite(scores)):
+            raise RuntimeError(f"{job.model} ({job.variant}) gave non-finite scores on {split}")
+        metrics = evaluate_scores([r["label"] for r in eval_rows], scores, [r["user_id"] for r in eval_rows])
+        rows.append({"split": split, "n_eval": len(eval_rows), **metrics, "fit_seconds": fit_seconds,
+                     "score_seconds": seconds})
+    del recommender
+    gc.collect()
+    return rows
+
+
+def _job_fields(job: Job, data_key: str) -> dict[str, Any]:
+    return {"model": job.model, "kind": job.kind, "variant": job.variant, "ablation": job.ablation,
+            "shots": job.shots, "seed": job.seed, "settings_key": job.settings_key, "data_key": data_key}
+
+
+def _previous(path: Path) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows of an earlier run, by job."""
+    if not path.is_file():
+        return {}
+    done: dict[tuple, list[dict[str, Any]]] = {}
+    for row in pq.read_table(path).to_pylist():
+        done.setdefault(tuple(row[c] for c in JOB_COLUMNS), []).append(row)
+    return done
+
+
+def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    temporary = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA), temporary)
+    temporary.replace(path)  # readers never see a half-written file
+
+
+def _oracle(data: EvalData) -> dict[str, float]:
+    """AUC of the benchmark generator's noise-free like logit on the eval rows, when the dataset has
+    it (``hidden/likes.parquet``): an upper bound for the report. No model reads it."""
+    path = None if data.data_dir is None else data.data_dir / "hidden" / "likes.parquet"
+    if path is None or not path.is_file():
+        return {}
+    table = pq.read_table(path)
+    logit = dict(zip(zip(table.column("user_id").to_pylist(), table.column("item_id").to_pylist()),
+                     table.column("like_logit").to_pylist()))
+    out = {}
+    for split, rows in data.evals.items():
+        if rows and all((r["user_id"], r["item_id"]) in logit for r in rows):
+            out[split] = auc([r["label"] for r in rows], [logit[(r["user_id"], r["item_id"])] for r in rows])
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, command: str | None = None) -> Path:
+    """Run (or resume) the evaluation into ``out_dir`` (default ``config.out``); returns report.md's path."""
+    from atflrec.evaluation.report import write_report
+
+    out = Path(out_dir if out_dir is not None else config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(config))
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    data = prepare_data(config)
+    jobs = plan_jobs(config)
+    print(f"evaluation: {len(jobs)} jobs; eval rows " + ", ".join(f"{k} {len(v)}" for k, v in data.evals.items())
+          + f"; writing to {out}", flush=True)
+
+    previous = _previous(out / RESULTS_FILE)
+    results: list[dict[str, Any]] = []
+    trained: dict[tuple, list[dict[str, Any]]] = {}  # (settings key, shots, seed) -> split rows
+    shared: dict[str, Any] = {}
+    draws: dict[tuple[int, int], list[Row]] = {}
+    block = None
+    for number, job in enumerate(jobs, 1):
+        fields = _job_fields(job, data.key)
+        label = f"[{number}/{len(jobs)}] {job.model}" + (f" {job.ablation}={job.variant}" if job.ablation else "") \
+            + f" shots={job.shots} seed={job.seed}"
+        old = previous.get(tuple(fields[c] for c in JOB_COLUMNS), [])
+        if old and all(r["settings_key"] == job.settings_key and r["data_key"] == data.key for r in old) \
+                and {r["split"] for r in old} == set(data.evals):
+            results += old
+            print(f"{label}: already in {RESULTS_FILE}, skipped", flush=True)
+            continue
+        if (job.shots, job.seed) != block:  # a new few-shot draw: the shared work of the last one is done
+            block, shared, draws = (job.shots, job.seed), {}, {}
+            gc.collect()
+        memo = (job.settings_key, job.shots, job.seed)
+        if memo not in trained:
+            print(f"{label} ...", flush=True)
+            if block not in draws:
+                draws[block] = few_shot(data.train, job.shots, job.seed).to_pylist()
+            trained[memo] = _score_rows(job, data, draws[block], shared)
+        rows = [{**fields, **split_row} for split_row in trained[memo]]
+        results += rows
+        _write_results(out / RESULTS_FILE, results)
+        scores = ", ".join(f"{r['split']} AUC {r['auc']:.3f}" for r in rows)
+        print(f"{label}: fit {rows[0]['fit_seconds']:.1f} s, {scores} (elapsed {_clock(time.perf_counter() - clock)})",
+              flush=True)
+    _write_results(out / RESULTS_FILE, results)
+
+    run = {
+        "command": command, "started": started.isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - clock, "machine": _machine(), "data_key": data.key,
+        "samples": config.samples, "features": config.features,
+        "data": None if data.data_dir is None else str(data.data_dir),
+        "eval_rows": {k: len(v) for k, v in data.evals.items()}, "train_rows": data.train.num_rows,
+        "oracle_auc": _oracle(data),
+    }
+    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    report = write_report(out, config, run)
+    print(f"report: {report}", flush=True)
+    return report

@@ -1,0 +1,70 @@
+"""EvalConfig validation names the model and key at fault; jobs and --quick are planned as documented."""
+
+from __future__ import annotations
+
+import pytest
+
+from atflrec.config import ConfigError, build_config
+from atflrec.evaluation import EvalConfig, quick_config
+from atflrec.evaluation.config import plan_jobs
+
+
+def _config(**changes) -> dict:
+    return {"models": [{"name": "popularity"}, {"name": "mf", "settings": {"dim": 8}},
+                       {"name": "atflrec", "shots": [64], "seeds": [0]}], **changes}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"models": [{"name": "knn"}]}, "models.knn.kind: unknown recommender 'knn'"),
+    ({"models": [{"name": "mf", "settings": {"dims": 8}}]}, "models.mf.settings: dims: unknown key"),
+    ({"models": [{"name": "mf", "settings": {"epochs": 0}}]}, "models.mf.settings: epochs: Input should be greater than or equal to 1"),
+    ({"models": [{"name": "a", "kind": "mf"}, {"name": "a", "kind": "popularity"}]}, "repeated names"),
+    ({"models": [{"name": "text_llm", "settings": {"model": {"fusion": {"strategy": "early"}}}}]},
+     "must be 'text_only'"),
+    ({"ablations": [{"name": "pooling", "model": "lightgcn", "key": "model.encoder.pooling", "values": ["mean"]}]},
+     "ablations.pooling.model: no model named 'lightgcn'"),
+    ({"ablations": [{"name": "pooling", "model": "atflrec", "key": "model.encoder.pooling", "values": ["median"]}]},
+     "ablations.pooling.settings: model.encoder.pooling: Value error, unknown pooling 'median'"),
+    ({"llm": {"optim": {"lr": -1}}}, "models.atflrec.settings: optim.lr: Input should be greater than 0"),
+    ({"shots": [16, 16]}, "shots: Value error, repeated values"),
+])
+def test_bad_configs_name_what_is_wrong(changes, message) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_config(EvalConfig, _config(**changes))
+    assert message in str(error.value)
+
+
+def test_jobs_cover_each_models_shots_and_seeds_grouped_by_draw() -> None:
+    config = build_config(EvalConfig, _config(
+        shots=[16, 64], seeds=[0, 1],
+        ablations=[{"name": "rank", "model": "atflrec", "key": "model.lora.r", "values": [4, 8]}],
+    ))
+    jobs = plan_jobs(config)
+    assert len(jobs) == 2 * 4 + 1 + 2  # popularity, mf: 2 shots x 2 seeds; atflrec 1; its ablation 2
+    assert [(j.shots, j.seed) for j in jobs] == sorted((j.shots, j.seed) for j in jobs)
+    ranks = {j.variant: j.settings.model.lora.r for j in jobs if j.ablation == "rank"}
+    assert ranks == {"4": 4, "8": 8}
+    default = next(j for j in jobs if j.model == "atflrec" and not j.ablation)
+    assert next(j for j in jobs if j.variant == "8").settings_key == default.settings_key  # r=8 is the default
+
+
+def test_llm_defaults_merge_under_each_models_own_settings() -> None:
+    config = build_config(EvalConfig, _config(
+        llm={"optim": {"lr": 1e-3, "epochs": 2}},
+        models=[{"name": "atflrec", "settings": {"optim": {"epochs": 5}}}, {"name": "text_llm"}],
+    ))
+    atflrec, text = (job.settings for job in plan_jobs(config)[:2])
+    assert (atflrec.optim.lr, atflrec.optim.epochs) == (1e-3, 5)
+    assert (text.optim.lr, text.optim.epochs, text.model.fusion.strategy) == (1e-3, 2, "text_only")
+
+
+def test_quick_shrinks_shots_seeds_rows_and_llm_steps() -> None:
+    config = build_config(EvalConfig, _config(
+        ablations=[{"name": "rank", "model": "atflrec", "key": "model.lora.r", "values": [4, 8]}],
+        quick={"shots": [8], "seeds": [3], "max_eval_samples": 20, "llm_max_steps": 1},
+    ))
+    quick = quick_config(config)
+    jobs = plan_jobs(quick)
+    assert {(j.shots, j.seed) for j in jobs} == {(8, 3)} and quick.max_eval_samples == 20
+    assert len(jobs) == 3 and not quick.ablations
+    assert next(j for j in jobs if j.model == "atflrec").settings.optim.max_steps == 1

@@ -1,0 +1,117 @@
+"""A small evaluation end to end: results, report, plots, metrics, resume, shared work, the CLI."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from atflrec.baselines import RECOMMENDERS, Context, build_recommender
+from atflrec.cli import main
+from atflrec.config import read_yaml
+from atflrec.evaluation import EvalConfig, run_evaluation
+from atflrec.evaluation.config import plan_jobs
+from atflrec.evaluation.runner import prepare_data
+from atflrec.samples import few_shot
+
+
+def test_results_hold_one_row_per_job_and_split(small_run) -> None:
+    config, out, _ = small_run
+    results = pd.read_parquet(out / "results.parquet")
+    jobs = plan_jobs(config)
+    assert len(results) == 2 * len(jobs)
+    keys = results[["model", "variant", "ablation", "shots", "seed", "split"]]
+    assert not keys.duplicated().any()
+    assert set(results["split"]) == {"warm", "cold"}
+    assert set(results["model"]) == {m.name for m in config.models}
+    assert results[["auc", "log_loss", "fit_seconds"]].notna().all().all()
+    assert ((results["auc"] >= 0) & (results["auc"] <= 1)).all()
+
+
+def test_report_has_every_model_table_and_valid_plots(small_run) -> None:
+    config, out, report = small_run
+    text = report.read_text()
+    for section in ("## Goal", "## AUC", "## GAUC", "## log loss", "## Fit time", "## Ablations",
+                    "### pooling", "### fusion", "## How each model scores cold-start items"):
+        assert section in text, section
+    for model in config.models:
+        assert f"| {model.name} |" in text
+    assert "max (= default)" in text and "late_weighted (= default)" in text
+    plots = ["auc_by_shots.png", "warm_vs_cold.png", "ablation_pooling.png", "ablation_fusion.png"]
+    for name in plots:
+        image = matplotlib.image.imread(out / name)  # raises unless a valid PNG
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert f"]({name})" in text
+    assert read_yaml(out / "config.yaml")["models"][0]["name"] == "popularity"
+
+
+def test_metrics_in_the_results_agree_with_sklearn(small_run) -> None:
+    config, out, _ = small_run
+    results = pd.read_parquet(out / "results.parquet")
+    data = prepare_data(config)
+    for kind in ("popularity", "content"):
+        settings = next(m for m in config.models if m.name == kind).settings
+        model = build_recommender(kind, settings)
+        model.fit(few_shot(data.train, 16, 1).to_pylist(), Context(data.items, data.features, seed=1))
+        for split, rows in data.evals.items():
+            labels, scores = [r["label"] for r in rows], model.score(rows)
+            row = results[(results["model"] == kind) & (results["shots"] == 16) & (results["seed"] == 1)
+                          & (results["split"] == split)].iloc[0]
+            assert row["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+            assert row["log_loss"] == pytest.approx(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7)), abs=1e-9)
+            assert row["n_eval"] == len(rows) == config.max_eval_samples
+
+
+def test_identical_variants_share_results(small_run) -> None:
+    _, out, _ = small_run
+    results = pd.read_parquet(out / "results.parquet")
+    default = results[(results["model"] == "atflrec") & (results["variant"] == "default")].sort_values("split")
+    for ablation, value in (("pooling", "max"), ("fusion", "late_weighted")):
+        same = results[(results["ablation"] == ablation) & (results["variant"] == value)].sort_values("split")
+        assert list(same["auc"]) == list(default["auc"]) and list(same["fit_seconds"]) == list(default["fit_seconds"])
+        assert set(same["settings_key"]) == set(default["settings_key"])
+    other = results[(results["ablation"] == "pooling") & (results["variant"] == "mean")]
+    assert set(other["settings_key"]).isdisjoint(default["settings_key"])
+
+
+def test_a_rerun_skips_finished_jobs_and_redoes_changed_ones(small_run, tmp_path, capsys) -> None:
+    config, out, _ = small_run
+    before = pd.read_parquet(out / "results.parquet")
+    copy = tmp_path / "again"
+    copy.mkdir()
+    (copy / "results.parquet").write_bytes((out / "results.parquet").read_bytes())
+    capsys.readouterr()
+    changed = config.model_copy(update={"models": [
+        m.model_copy(update={"settings": {"epochs": 21}}) if m.name == "mf" else m for m in config.models
+    ]})
+    run_evaluation(changed, copy)
+    printed = capsys.readouterr().out
+    jobs = plan_jobs(changed)
+    assert printed.count("skipped") == sum(j.model != "mf" for j in jobs)
+    after = pd.read_parquet(copy / "results.parquet")
+    untouched = before[before["model"] != "mf"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(after[after["model"] != "mf"].reset_index(drop=True), untouched)
+    assert set(after[after["model"] == "mf"]["settings_key"]).isdisjoint(before[before["model"] == "mf"]["settings_key"])
+
+
+def test_cli_quick_run(bench, eval_mapping, tmp_path) -> None:
+    import yaml
+
+    path = tmp_path / "eval.yaml"
+    eval_mapping.pop("samples")
+    eval_mapping["quick"] = {"shots": [8], "seeds": [1], "max_eval_samples": 12, "llm_max_steps": 1}
+    path.write_text(yaml.safe_dump(eval_mapping))
+    out = tmp_path / "out"
+    code = main(["evaluate", "--config", str(path), "--samples", str(bench["samples"]), "--out", str(out), "--quick"])
+    assert code == 0
+    results = pd.read_parquet(out / "results.parquet")
+    assert set(results["shots"]) == {8} and set(results["seed"]) == {1} and set(results["n_eval"]) == {12}
+    assert set(results["ablation"]) == {""}  # --quick drops the ablations unless asked to keep them
+    assert "atflrec evaluate --config" in (out / "report.md").read_text()
+
+
+def test_every_registered_kind_is_in_the_small_run(small_run) -> None:
+    config, _, _ = small_run
+    assert {m.resolved_kind for m in config.models} == set(RECOMMENDERS)
