@@ -15,7 +15,10 @@ Builds a small built-in benchmark dataset with 40-bin features in a temporary di
   tokenizer and chat template, so prompts are real but on a 2-core machine the figures are about
   serving -- HTTP, routing, batching, prefix sharing -- rather than matmul speed) or ``smollm2``.
 * ``serve_overhead_ms_c1``: p50 of the unbatched deployment at concurrency 1 minus the p50 of
-  the same model called in this process (same catalogue, query and thread count).
+  the same model called in this process (same catalogue, query and thread count). It is split
+  into ``serve_floor_p50_ms_c1`` (an empty FastAPI-ingress deployment, same options and bodies:
+  Serve's own HTTP path on this machine) and ``app_overhead_ms_c1`` (the rest: this app's
+  request handling).
 * ``recommend_prefix_vs_naive``: scoring the whole catalogue for one 10-item history with the
   real SmolLM2 (early fusion, 40 bins, one torch thread), shared prefix
   (``atflrec.serving.prefix``) against the offline path with one full prompt per candidate
@@ -198,6 +201,30 @@ def serve_levels(paths: dict[str, Path], work: Path, port: int, wait_s: float, b
     return levels, errors
 
 
+def serve_floor_p50_ms(port: int, bodies: list[dict[str, Any]], calls: int, max_seconds: float) -> float:
+    """p50 at c1 of an empty FastAPI-ingress deployment (same replica options, same bodies): what
+    Serve's HTTP path costs on this machine with no work behind it."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1})
+    @serve.ingress(api)
+    class Empty:
+        @api.post("/v1/score")
+        async def score(self, body: dict) -> dict:
+            return {"scores": []}
+
+    serve.run(Empty.bind(), name=f"{APP}-floor", route_prefix="/floor")
+    try:
+        url = f"http://127.0.0.1:{port}/floor/v1/score"
+        asyncio.run(run_level(url, bodies[:16], 1, max_seconds))  # warm-up
+        return asyncio.run(run_level(url, bodies[:calls], 1, max_seconds))["p50_ms"]
+    finally:
+        serve.delete(f"{APP}-floor")
+
+
 def direct_p50_ms(paths: dict[str, Path], bodies: list[dict[str, Any]], calls: int) -> float:
     """The served model called in this process: the same catalogue, query building and scoring."""
     import torch
@@ -289,6 +316,7 @@ def main() -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         load, errors = serve_levels(paths, work, port, args.batch_wait_s, bodies, per_level, args.max_seconds, args.repeats)
+        floor = serve_floor_p50_ms(port, bodies, per_level[1], args.max_seconds)
         serve.shutdown()
         ray.shutdown()
         direct = direct_p50_ms(paths, bodies, 60)
@@ -309,6 +337,9 @@ def main() -> None:
         "load": load,
         "direct_p50_ms_c1": round(direct, 2),
         "batched_overhead_ms_c1": round(load["batched"]["c1"]["p50_ms"] - direct, 2),
+        # Of serve_overhead_ms_c1: Serve's own HTTP + FastAPI path (an empty app), and the rest (this app).
+        "serve_floor_p50_ms_c1": round(floor, 2),
+        "app_overhead_ms_c1": round(load["unbatched"]["c1"]["p50_ms"] - direct - floor, 2),
         "recommend": recommend,
         "setup": {"load_model": args.load_model, "replicas": 1, "replica_cpus": 1, "torch_threads": 1,
                   "batched": {"max_batch_size": 32, "batch_wait_timeout_s": args.batch_wait_s},

@@ -95,6 +95,11 @@ def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any
         raise TrainingError(f"--resume: no run {config.run.name!r} under {storage}")
 
     connect(config.address)
+    # The train split is fed by a coordinator that runs with this process's DataContext: its
+    # progress bars would interleave with the workers' epoch lines.
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
     final_splits = [s for s in config.eval_splits if s != "val"]
     datasets, train_items, n_train = build_datasets(config, final_splits)
     workers = config.scaling.num_workers

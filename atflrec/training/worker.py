@@ -17,6 +17,7 @@ and the final splits are scored with it: the reported test metrics are the expor
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -183,8 +184,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
-    # Workers read small datasets whole; Ray Data's per-read progress bars would drown the epoch lines.
+    # Workers read small datasets whole; Ray Data's per-read progress bars and "execution finished"
+    # lines would drown the epoch lines.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     config = TrainConfig.model_validate(loop_config["config"])
     ds_config: dict[str, Any] = loop_config["deepspeed"]
     context = ray.train.get_context()
