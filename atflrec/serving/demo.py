@@ -45,10 +45,9 @@ def serve_and_query(artifact_dir: str | Path, dataset_dir: str | Path, features_
     connect(None)
     url = deploy(ServeLaunch(args, http_options={"host": "127.0.0.1", "port": port}))
     request = {"history": example_history(dataset_dir), "k": k}
-    print(f"POST {url}v1/recommend: the model scores every catalogue item the history lacks "
-          "(on CPU, tens of seconds for the demo's catalogue)", flush=True)
+    print(f"POST {url}v1/recommend  (history of {len(request['history'])} items, k={k}): the model scores every "
+          "catalogue item the history lacks (on CPU, tens of seconds for the demo's catalogue)", flush=True)
     answer = post_json(url + "v1/recommend", request)
-    print(f"POST {url}v1/recommend  (history of {len(request['history'])} items, k={k})")
     for rank, item in enumerate(answer["items"], 1):
         print(f"  {rank}. {item['item_id']}  {item['title']!r}  P(yes)={item['score']:.3f}")
     if not keep_running:
