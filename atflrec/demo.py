@@ -64,12 +64,12 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     from atflrec.data.format import load_dataset
     from atflrec.data.synth import generate
     from atflrec.data.validate import validate_dataset
+    from atflrec.evaluation import EvalConfig, run_evaluation
     from atflrec.features.pipeline import build_feature_store
     from atflrec.samples import make_samples
+    from atflrec.serving.demo import serve_and_query
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig
-    from atflrec.evaluation import EvalConfig, run_evaluation
-    from atflrec.serving.demo import serve_and_query
     from atflrec.tuning.search import run_search
 
     workdir = Path(config.workdir)
