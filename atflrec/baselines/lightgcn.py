@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, Vocabulary, labelled_pairs
-from atflrec.baselines.mf import embedding
-from atflrec.baselines.torch_fit import TorchSettings, bce, fit_full_batch
+from atflrec.baselines.base import RECOMMENDERS
+from atflrec.baselines.mf import PairRecommender, embedding
+from atflrec.baselines.torch_fit import TorchSettings
 
 
 class LightGCNSettings(TorchSettings):
@@ -62,31 +60,17 @@ class LightGCNModule(nn.Module):
 
 
 @RECOMMENDERS.register("lightgcn")
-class LightGCN(Recommender):
+class LightGCN(PairRecommender):
     """The graph holds the liked pairs of the training rows (targets and histories); every
     labelled pair, liked or disliked, is a training example for a cross-entropy loss."""
 
     Settings = LightGCNSettings
     cold_start = "no edges, zero embedding and bias: the global bias (every cold item ties)"
 
-    def fit(self, rows: Sequence[Row], context: Context) -> None:
-        pairs = labelled_pairs(rows)
-        self.users = Vocabulary(u for u, _, _ in pairs)
-        self.items = Vocabulary(i for _, i, _ in pairs)
+    def build_module(self, pairs: list[tuple[str, str, int]]) -> nn.Module:
         liked = [(u, i) for u, i, y in pairs if y == 1]
         edge_users = self.users(u for u, _ in liked)
         edge_items = self.items(i for _, i in liked) + len(self.users)
         n_nodes = len(self.users) + len(self.items)
-        torch.manual_seed(context.seed)
-        self.model = LightGCNModule(len(self.users), len(self.items), self.settings.dim, self.settings.layers,
-                                    normalised_adjacency(edge_users, edge_items, n_nodes))
-        users = torch.from_numpy(self.users(u for u, _, _ in pairs))
-        items = torch.from_numpy(self.items(i for _, i, _ in pairs))
-        labels = torch.tensor([float(y) for _, _, y in pairs])
-        fit_full_batch(self.model, lambda: bce(self.model(users, items), labels), len(pairs), self.settings)
-
-    @torch.no_grad()
-    def score(self, rows: Sequence[Row]) -> np.ndarray:
-        users = torch.from_numpy(self.users(r["user_id"] for r in rows))
-        items = torch.from_numpy(self.items(r["item_id"] for r in rows))
-        return torch.sigmoid(self.model(users, items)).numpy()
+        return LightGCNModule(len(self.users), len(self.items), self.settings.dim, self.settings.layers,
+                              normalised_adjacency(edge_users, edge_items, n_nodes))

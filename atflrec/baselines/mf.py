@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -35,20 +36,23 @@ class LogisticMF(nn.Module):
         return self.bias + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1) + dot
 
 
-@RECOMMENDERS.register("mf")
-class MatrixFactorisation(Recommender):
-    """Logistic MF (cross-entropy on likes vs dislikes) over every labelled pair of the training
-    rows, targets and histories. Users and items get ids from those pairs only."""
+class PairRecommender(Recommender):
+    """A model of (user id, item id) pairs: ids come from the labelled pairs of the training rows
+    (targets and histories) only; it trains full-batch on cross-entropy over every pair and scores
+    the sigmoid of its logit. Subclasses build the module."""
 
     Settings = TorchSettings
-    cold_start = "zero item embedding and bias: global bias + the user's bias (items tie per user)"
+
+    @abstractmethod
+    def build_module(self, pairs: list[tuple[str, str, int]]) -> nn.Module:
+        """The module for these pairs (``self.users`` / ``self.items`` are set; the seed is too)."""
 
     def fit(self, rows: Sequence[Row], context: Context) -> None:
         pairs = labelled_pairs(rows)
         self.users = Vocabulary(u for u, _, _ in pairs)
         self.items = Vocabulary(i for _, i, _ in pairs)
         torch.manual_seed(context.seed)
-        self.model = LogisticMF(len(self.users), len(self.items), self.settings.dim)
+        self.model = self.build_module(pairs)
         users = torch.from_numpy(self.users(u for u, _, _ in pairs))
         items = torch.from_numpy(self.items(i for _, i, _ in pairs))
         labels = torch.tensor([float(y) for _, _, y in pairs])
@@ -59,3 +63,14 @@ class MatrixFactorisation(Recommender):
         users = torch.from_numpy(self.users(r["user_id"] for r in rows))
         items = torch.from_numpy(self.items(r["item_id"] for r in rows))
         return torch.sigmoid(self.model(users, items)).numpy()
+
+
+@RECOMMENDERS.register("mf")
+class MatrixFactorisation(PairRecommender):
+    """Logistic MF (cross-entropy on likes vs dislikes) over every labelled pair of the training
+    rows, targets and histories. Users and items get ids from those pairs only."""
+
+    cold_start = "zero item embedding and bias: global bias + the user's bias (items tie per user)"
+
+    def build_module(self, pairs: list[tuple[str, str, int]]) -> nn.Module:
+        return LogisticMF(len(self.users), len(self.items), self.settings.dim)
