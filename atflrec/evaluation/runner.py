@@ -230,15 +230,17 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
         label = f"[{number}/{len(jobs)}] {job.model}" + (f" {job.ablation}={job.variant}" if job.ablation else "") \
             + f" shots={job.shots} seed={job.seed}"
         old = previous.get(tuple(fields[c] for c in JOB_COLUMNS), [])
+        memo = (job.settings_key, job.shots, job.seed)
         if old and all(r["settings_key"] == job.settings_key and r["data_key"] == data.key for r in old) \
                 and {r["split"] for r in old} == set(data.evals):
             results += old
+            # a later variant with the same settings reuses these rows, as it would in one uninterrupted run
+            trained.setdefault(memo, [{k: v for k, v in r.items() if k not in fields} for r in old])
             print(f"{label}: already in {RESULTS_FILE}, skipped", flush=True)
             continue
         if (job.shots, job.seed) != block:  # a new few-shot draw: the shared work of the last one is done
             block, shared, draws = (job.shots, job.seed), {}, {}
             gc.collect()
-        memo = (job.settings_key, job.shots, job.seed)
         if memo not in trained:
             print(f"{label} ...", flush=True)
             if block not in draws:

@@ -96,6 +96,28 @@ def test_a_rerun_skips_finished_jobs_and_redoes_changed_ones(small_run, tmp_path
     assert set(after[after["model"] == "mf"]["settings_key"]).isdisjoint(before[before["model"] == "mf"]["settings_key"])
 
 
+def test_a_resumed_run_reuses_finished_rows_for_an_identical_variant(small_run, tmp_path, capsys) -> None:
+    # Resume after the default ATFLRec finished but before its identical ablation variants ran:
+    # those variants must take the default's rows, not retrain (which could draw other initial weights).
+    config, out, _ = small_run
+    before = pd.read_parquet(out / "results.parquet")
+    copy = tmp_path / "resumed"
+    copy.mkdir()
+    kept = before[before["ablation"] == ""]
+    kept.to_parquet(copy / "results.parquet", index=False)
+    capsys.readouterr()
+    run_evaluation(config, copy)
+    printed = capsys.readouterr().out
+    assert "atflrec pooling=max shots=8 seed=0 ..." not in printed
+    assert "atflrec pooling=mean shots=8 seed=0 ..." in printed  # a different variant still trains
+    after = pd.read_parquet(copy / "results.parquet")
+    default = kept[kept["model"] == "atflrec"].sort_values("split")
+    for ablation, value in (("pooling", "max"), ("fusion", "late_weighted")):
+        same = after[(after["ablation"] == ablation) & (after["variant"] == value)].sort_values("split")
+        assert list(same["auc"]) == list(default["auc"]) and list(same["fit_seconds"]) == list(default["fit_seconds"])
+        assert set(same["model"]) == {"atflrec"} and set(same["ablation"]) == {ablation}
+
+
 def test_cli_quick_run(bench, eval_mapping, tmp_path) -> None:
     import yaml
 
