@@ -221,6 +221,18 @@ def _ablation_tables(df: pd.DataFrame, config: EvalConfig, splits: list[str]) ->
     return out
 
 
+def _time_line(run: dict[str, Any], compute: float) -> str:
+    invocations = run.get("invocations", [])
+    line = f"- started {run.get('started')}; this invocation took {run.get('wall_seconds', 0) / 60:.1f} min"
+    if len(invocations) > 1:
+        runs = "; ".join(f"{i['started']}: {i['wall_seconds'] / 60:.1f} min, jobs run {i['jobs_run']}" for i in invocations)
+        line += (f"; {len(invocations)} finished invocations into this directory took "
+                 f"{sum(i['wall_seconds'] for i in invocations) / 60:.1f} min of {run.get('jobs')} jobs ({runs}; an "
+                 "interrupted invocation leaves no record)")
+    return line + (f"; fitting and scoring of all rows {compute / 60:.1f} min (rows resumed from an earlier run count "
+                   "their own time)")
+
+
 def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
     """Write ``report.md`` and the PNGs into ``out`` (which holds ``results.parquet``)."""
     from atflrec.evaluation.runner import RESULTS_FILE
@@ -236,8 +248,7 @@ def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
     lines = [
         "# ATFLRec evaluation report\n",
         f"- command: `{run['command']}`" if run.get("command") else "- run from Python (`run_evaluation`); config in `config.yaml`",
-        f"- started {run.get('started')}; this invocation took {run.get('wall_seconds', 0) / 60:.1f} min; "
-        f"fitting and scoring of all rows {compute / 60:.1f} min (rows resumed from an earlier run count their own time)",
+        _time_line(run, compute),
         f"- machine: {machine.get('processor')}, {machine.get('cpus')} CPUs, torch threads {machine.get('torch_threads')}"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU") + f"; {machine.get('platform')}",
         f"- samples `{run.get('samples')}` ({run.get('train_rows')} training rows to draw from); features "

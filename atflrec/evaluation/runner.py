@@ -191,6 +191,14 @@ def _oracle(data: EvalData) -> dict[str, float]:
     return out
 
 
+def _earlier_invocations(path: Path, data_key: str) -> list[dict[str, Any]]:
+    """Invocations that finished into this directory on the same data (an interrupted one writes no record)."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return list(earlier.get("invocations", [])) if earlier.get("data_key") == data_key else []
+
+
 def _machine() -> dict[str, Any]:
     import torch
 
@@ -224,7 +232,7 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
     trained: dict[tuple, list[dict[str, Any]]] = {}  # (settings key, shots, seed) -> split rows
     shared: dict[str, Any] = {}
     draws: dict[tuple[int, int], list[Row]] = {}
-    block = None
+    block, jobs_run = None, 0
     for number, job in enumerate(jobs, 1):
         fields = _job_fields(job, data.key)
         label = f"[{number}/{len(jobs)}] {job.model}" + (f" {job.ablation}={job.variant}" if job.ablation else "") \
@@ -246,6 +254,7 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
             if block not in draws:
                 draws[block] = few_shot(data.train, job.shots, job.seed).to_pylist()
             trained[memo] = _score_rows(job, data, draws[block], shared)
+        jobs_run += 1
         rows = [{**fields, **split_row} for split_row in trained[memo]]
         results += rows
         _write_results(out / RESULTS_FILE, results)
@@ -254,9 +263,12 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
               flush=True)
     _write_results(out / RESULTS_FILE, results)
 
+    wall = time.perf_counter() - clock
+    invocations = _earlier_invocations(out / RUN_FILE, data.key) + [
+        {"started": started.isoformat(timespec="seconds"), "wall_seconds": wall, "jobs_run": jobs_run}]
     run = {
         "command": command, "started": started.isoformat(timespec="seconds"),
-        "wall_seconds": time.perf_counter() - clock, "machine": _machine(), "data_key": data.key,
+        "wall_seconds": wall, "jobs": len(jobs), "invocations": invocations, "machine": _machine(), "data_key": data.key,
         "samples": config.samples, "features": config.features,
         "data": None if data.data_dir is None else str(data.data_dir),
         "eval_rows": {k: len(v) for k, v in data.evals.items()}, "train_rows": data.train.num_rows,
