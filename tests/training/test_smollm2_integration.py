@@ -21,7 +21,8 @@ from atflrec.training.local import LocalTrainConfig, OptimConfig, predict, prepa
 # moved test AUC 0.477 -> 0.490 and cold-start AUC 0.388 -> 0.563. A later learning curve of the same
 # setting (seed 0, one AdamW across epochs, one torch thread) gave 0.462 untrained, 0.488 / 0.544 / 0.543
 # after 2 / 4 / 6 epochs: the gain plateaus near +0.08 by epoch 4, but on one seed and with run-to-run
-# spread (+0.046 vs +0.082 at 4 epochs). Not yet a margin shown to hold across seeds.
+# spread (+0.046 vs +0.082 at 4 epochs). Seed 1, same curve setting: 0.464 -> 0.484 after 4 epochs (+0.019).
+# More epochs alone do not give a margin that holds across seeds.
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skip(reason="issue #4 open: 64-shot SmolLM2 gain (+0.046 AUC, one seed) below the asserted margin"),
