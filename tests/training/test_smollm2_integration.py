@@ -1,13 +1,25 @@
-"""64-shot ATFLRec on the built-in benchmark with the real SmolLM2 (slow; `pytest -m integration`).
+"""64-shot ATFLRec with the real SmolLM2 on the built-in benchmark's audio (slow; `pytest -m integration`).
 
-The held-out set is the warm test split and the cold-start split together (up to 150 rows each):
-one AUC over ~300 rows is steadier than either alone. The baseline is the same model before
-training (fresh adapters and encoder), scored on the same rows.
+What a 64-shot run can be asked to show. On the benchmark's own labels no learner shows a held-out
+AUC margin over chance that holds across draws: `bench/history_signal.py` (committed results in
+`bench/results/history_signal.json`) fits a logistic regression on the hidden true item attributes,
+compared against each sample's liked and disliked history, and at 64 shots it scores the held-out
+rows at 0.507-0.532 AUC on average, with a spread of 0.02-0.045 between draws (three data seeds, two
+sizes). Likes are personal, and ten noisy history labels say little about a user's taste.
+
+So this test plants a signal that 64 shots do carry, and only in the audio: users like the
+benchmark's rock, electronic and jazz songs and dislike its classical, hiphop and folk ones. Titles
+hold no genre words (``title_genre_rate=0``) and tags are not in the prompt, so the gain must come
+through the real path: synthesised clips → Kaldi FBank feature store → audio encoder → soft tokens at
+the placeholders → SmolLM2 with a LoRA adapter → P(Yes). The held-out rows are the warm test split
+and the cold-start split (whose target songs no training sample contains).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from atflrec.data.format import load_dataset
@@ -16,29 +28,28 @@ from atflrec.model.network import ModelConfig
 from atflrec.samples import SampleConfig, make_samples
 from atflrec.training.local import LocalTrainConfig, OptimConfig, predict, prepare_run, train_run
 
-# Skipped while issue #4 is open. Measured runs of exactly this test (seed 0, early fusion, 4 epochs,
-# lr 2e-3 / encoder 3e-3): held-out AUC 0.462 -> 0.508 (+0.046), short of the margin; an 8-epoch run
-# moved test AUC 0.477 -> 0.490 and cold-start AUC 0.388 -> 0.563. A later learning curve of the same
-# setting (seed 0, one AdamW across epochs, one torch thread) gave 0.462 untrained, 0.488 / 0.544 / 0.543
-# after 2 / 4 / 6 epochs: the gain plateaus near +0.08 by epoch 4, but on one seed and with run-to-run
-# spread (+0.046 vs +0.082 at 4 epochs). Seed 1, same curve setting: 0.464 -> 0.484 after 4 epochs (+0.019).
-# More epochs alone do not give a margin that holds across seeds.
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skip(reason="issue #4 open: 64-shot SmolLM2 gain varies +0.02..+0.08 AUC by seed, not a margin that holds"),
-]
-AUC_MARGIN = 0.05
+pytestmark = pytest.mark.integration
+LIKED_GENRES = ("rock", "electronic", "jazz")
+AUC_MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
 def benchmark(tmp_path_factory, ray_cluster):
-    from atflrec.data.synth import SynthConfig, generate
+    from atflrec.data.synth import ATTRIBUTES_FILE, SynthConfig, generate
     from atflrec.features.pipeline import FeatureConfig, build_feature_store
 
     root = tmp_path_factory.mktemp("benchmark")
-    generate(SynthConfig(seed=0, users=100, items=160), root / "data")
-    build_feature_store(root / "data", str(root / "features"), FeatureConfig(n_mels=[80]))
-    make_samples(load_dataset(root / "data"), root / "samples", SampleConfig())
+    data = root / "data"
+    generate(SynthConfig(seed=0, users=100, items=160, title_genre_rate=0.0), data)
+    genre = {r["item_id"]: r["genre"] for r in pq.read_table(data / ATTRIBUTES_FILE).to_pylist()}
+    interactions = pq.read_table(data / "interactions.parquet")
+    planted = [int(genre[i] in LIKED_GENRES) for i in interactions.column("item_id").to_pylist()]
+    label_type = interactions.schema.field("label").type
+    interactions = interactions.set_column(interactions.schema.get_field_index("label"), "label",
+                                           pa.array(planted, type=label_type))
+    pq.write_table(interactions, data / "interactions.parquet")
+    build_feature_store(data, str(root / "features"), FeatureConfig(n_mels=[80]))
+    make_samples(load_dataset(data), root / "samples", SampleConfig(history_len=2))
     return root
 
 
@@ -48,17 +59,18 @@ def held_out_auc(run) -> float:
     return auc([r["label"] for r in rows], scores)
 
 
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_64_shot_auc_clearly_above_the_untrained_model(benchmark, seed) -> None:
     config = LocalTrainConfig(
         model=ModelConfig(encoder={"n_mels": 80}, fusion={"strategy": "early"}),
         samples=str(benchmark / "samples"), features=str(benchmark / "features"), shots=64, seed=seed,
-        optim=OptimConfig(lr=2e-3, encoder_lr=3e-3, batch_size=8, epochs=4),
-        eval_splits=["test", "cold"], max_eval_samples=150, eval_batch_size=16,
+        optim=OptimConfig(lr=2e-3, encoder_lr=3e-3, batch_size=8, epochs=3),
+        eval_splits=["test", "cold"], max_eval_samples=100, eval_batch_size=16,
     )
     run = prepare_run(config)
     before = held_out_auc(run)
     result = train_run(run)
     after = held_out_auc(run)
+    print(f"seed {seed}: held-out AUC {before:.3f} untrained -> {after:.3f} after 64 shots")
     assert np.mean(result.losses["shared"][-4:]) < np.mean(result.losses["shared"][:4])
     assert after > before + AUC_MARGIN, (after, before)
