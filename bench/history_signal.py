@@ -53,7 +53,8 @@ def attribute_matrix(config: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.column_stack([genre, mode, tempo, energy]), weights
 
 
-def sample_splits(config: SynthConfig, samples: SampleConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+def sample_splits(config: SynthConfig,
+                  samples: SampleConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[tuple[str, str], float]]:
     """The generator's interactions cut into the project's splits, and each interaction's noise-free z."""
     items, users = draw_items(config), draw_users(config)
     inter = draw_interactions(config, items, users)
