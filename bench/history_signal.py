@@ -7,7 +7,7 @@ earlier items of the user, split into liked and disliked. This analysis asks wha
 when the item attributes are known exactly (read from the generator's hidden ground truth, which
 no model gets). It draws the benchmark's users, items and labels with the generator's own functions
 (no audio is rendered), cuts samples with the project's own ``build_samples``, and scores the
-held-out rows (warm test + cold-start, as the SmolLM2 integration test does) four ways:
+held-out rows (warm test + cold-start, as the SmolLM2 integration test does) three ways:
 
 ``noise_free``    the like function's noise-free logit z: the bound the evaluation report quotes.
 ``ideal_rule``    the like function applied to the history: target attributes times (mean liked
