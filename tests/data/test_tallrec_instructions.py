@@ -20,12 +20,14 @@ def test_book_phrasing_targets_and_lists(tmp_path) -> None:
     first, second, third = read_samples(tmp_path / "out", "train").to_pylist()
     # The doubly quoted target is the title and its author, whole (no 80-character cut).
     assert (first["item_id"], first["title"], first["label"]) == (LONG_BOOK, LONG_BOOK, 1)
-    assert first["liked_ids"] == ["Tea Garden Stories by Mara Quill", "Maps, Rivers and Roads (Travel Notes) by Owen Park"]
+    assert first["liked_ids"] == ["Tea Garden Stories by Mara Quill",
+                                  "Maps, Rivers and Roads (Travel Notes) by Owen Park"]
     assert first["liked_titles"] == first["liked_ids"]
     assert first["disliked_ids"] == ["The Long Harbour by Ines Varga"]
     # Stray quotes and backslashes of the source stay verbatim; a comma in an author stays in it.
     assert second["liked_ids"] == []
-    assert second["disliked_ids"] == ['Cooking for \\Two\\" People (Kitchen Series)" by Ada Brook', "Night Train by SMITH, JOHN"]
+    assert second["disliked_ids"] == ['Cooking for \\Two\\" People (Kitchen Series)" by Ada Brook',
+                                     "Night Train by SMITH, JOHN"]
     assert (second["item_id"], second["label"]) == ('\\Quiet\\": Short Stories" by Lena Ho', 0)
     # preprocess_book.py's own form: no wrapping quotes, no spaces around 'written by'.
     assert (third["item_id"], third["liked_ids"], third["disliked_ids"]) == ("Harbour Lights by Tom Reyes",
@@ -42,7 +44,8 @@ def test_movie_phrasing_targets_and_lists() -> None:
     # Quotes inside a title (unescaped) stay in it; an empty list is fine.
     assert (second["item_id"], second["liked_ids"], second["disliked_ids"]) == (
         '"Late Show" Special, The (1990)', [], ["Blue Summer (1987)"])
-    assert third["item_id"] == "Open Water Crossing: A Documentary of Forty Days at Sea Without a Map or a Compass (2003)"
+    assert third["item_id"] == ("Open Water Crossing: A Documentary of Forty Days at Sea Without a Map or a Compass"
+                                " (2003)")
     assert third["liked_ids"] == ["Written Words (2001)"]
 
 
@@ -60,9 +63,11 @@ def _one(tmp_path, text: str) -> Path:
     # a target that is neither a quoted title nor a book item
     ('User Preference: \nUser Unpreference: \ntarget "T" (1999)?', "neither TALLRec phrasing"),
     # book target, movie-style lists (no authors)
-    ('User Preference: "A"\nUser Unpreference: \ntarget book ""T" written by W"?', r"User Preference \(book phrasing\)"),
+    ('User Preference: "A"\nUser Unpreference: \ntarget book ""T" written by W"?',
+     r"User Preference \(book phrasing\)"),
     # movie target, book-style lists
-    ('User Preference: \nUser Unpreference: "A" written by W\ntarget movie "T"?', r"User Unpreference \(movie phrasing\)"),
+    ('User Preference: \nUser Unpreference: "A" written by W\ntarget movie "T"?',
+     r"User Unpreference \(movie phrasing\)"),
     # book list items not joined by ', '
     ('User Preference: "A" written by W; "B" written by V\nUser Unpreference: \ntarget book ""T" written by W"?',
      r"User Preference \(book phrasing\)"),

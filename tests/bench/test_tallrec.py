@@ -1,0 +1,56 @@
+"""bench/tallrec.py without an LLM: the user_rate score, the importer path and the results' shape."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "tallrec.py"
+BOOK = ROOT / "tests" / "assets" / "tallrec_book_fixture.json"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tallrec_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_user_rate_is_the_liked_share_of_the_history(bench: ModuleType) -> None:
+    rows = [{"liked_ids": ["a", "b", "c"], "disliked_ids": ["d"]},
+            {"liked_ids": [], "disliked_ids": []},
+            {"liked_ids": [], "disliked_ids": ["d", "e"]}]
+    assert bench.user_rate_scores(rows).tolist() == [0.75, 0.5, 0.0]
+
+
+def test_splits_go_through_the_importer(bench: ModuleType, tmp_path) -> None:
+    data = tmp_path / "book"
+    data.mkdir()
+    (data / "valid.json").write_text(BOOK.read_text())
+    rows = bench.load_split(data, "valid", tmp_path / "work").to_pylist()
+    assert [r["item_id"] for r in rows][2] == "Harbour Lights by Tom Reyes"
+    assert bench.user_rate_scores(rows).tolist() == [2 / 3, 0.0, 1.0]
+
+
+def test_results_have_one_key_per_size_run(bench: ModuleType, tmp_path) -> None:
+    out = tmp_path / "tallrec_book.json"
+    detail = {
+        "settings": {"base_model": "m", "test_rows": 10},
+        "user_rate_auc": 0.6,
+        "published_tallrec_book": {"values": bench.PUBLISHED_TALLREC_BOOK, "source": ""},
+        "text_llm_runs": [{"shots": 16, "seed": 0, "auc": 0.5}, {"shots": 16, "seed": 1, "auc": 0.7},
+                          {"shots": 64, "seed": 0, "auc": 0.55}],
+    }
+    bench.write(argparse.Namespace(out=out), detail)
+    top = json.loads(out.read_text())
+    assert top == {"16": {"text_llm": pytest.approx(0.6), "user_rate": 0.6},
+                   "64": {"text_llm": 0.55, "user_rate": 0.6}}
+    assert json.loads((tmp_path / "tallrec_book_detail.json").read_text())["text_llm_runs"] == detail["text_llm_runs"]
+    assert out.with_suffix(".png").stat().st_size > 0
