@@ -48,3 +48,37 @@ def log_loss(labels: Sequence[float], probabilities: Sequence[float], eps: float
 def evaluate_scores(labels: Sequence[float], scores: Sequence[float], users: Sequence[str]) -> dict[str, float]:
     """All three metrics by name (``scores`` are probabilities)."""
     return {"auc": auc(labels, scores), "gauc": gauc(labels, scores, users), "log_loss": log_loss(labels, scores)}
+
+
+def users_with_both_labels(labels: Sequence[float], users: Sequence[str]) -> int:
+    """How many users GAUC averages over: those with at least one positive and one negative row."""
+    seen: dict[str, set[bool]] = defaultdict(set)
+    for label, user in zip(labels, users):
+        seen[user].add(bool(label))
+    return sum(len(classes) == 2 for classes in seen.values())
+
+
+def paired_bootstrap_auc(labels: Sequence[float], scores_a: Sequence[Sequence[float]],
+                         scores_b: Sequence[Sequence[float]], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Is model A's AUC above model B's on the same rows, beyond what the rows' sampling explains?
+
+    ``scores_a`` and ``scores_b`` hold one score vector per seed (the seeds of A and B may differ);
+    a model's AUC is its mean over its seeds. Each resample draws the rows with replacement, the
+    same rows for both models and every seed (a paired bootstrap over rows, with the seed variation
+    kept inside each model's mean). Returns the observed difference A - B, its 95 % interval, and
+    the two-sided p-value of "no difference" (twice the smaller tail share, at most 1).
+    """
+    y = np.asarray(labels, dtype=bool)
+    a = np.asarray(scores_a, dtype=np.float64).reshape(-1, y.size)
+    b = np.asarray(scores_b, dtype=np.float64).reshape(-1, y.size)
+
+    def difference(rows: np.ndarray) -> float:
+        return float(np.mean([auc(y[rows], s[rows]) for s in a]) - np.mean([auc(y[rows], s[rows]) for s in b]))
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([difference(rng.integers(0, y.size, y.size)) for _ in range(resamples)])
+    draws = draws[np.isfinite(draws)]  # a resample with one class has no AUC
+    low, high = np.percentile(draws, [2.5, 97.5])
+    p_value = min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))
+    return {"difference": difference(np.arange(y.size)), "ci_low": float(low), "ci_high": float(high),
+            "p_value": float(p_value), "resamples": int(draws.size)}

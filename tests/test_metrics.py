@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from atflrec.metrics import auc, gauc, log_loss
+from atflrec.metrics import auc, gauc, log_loss, paired_bootstrap_auc, users_with_both_labels
 
 
 @pytest.fixture
@@ -41,3 +41,22 @@ def test_log_loss_matches_sklearn(data) -> None:
 
 def test_one_class_gives_nan() -> None:
     assert np.isnan(auc([1, 1], [0.2, 0.3])) and np.isnan(gauc([1, 1], [0.2, 0.3], ["a", "a"]))
+
+
+def test_users_with_both_labels_counts_the_users_gauc_averages_over() -> None:
+    labels = [1, 0, 1, 1, 0, 0, 1]
+    users = ["a", "a", "b", "b", "c", "c", "d"]
+    assert users_with_both_labels(labels, users) == 1
+
+
+def test_paired_bootstrap_separates_a_better_model_from_an_equal_one() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    good = [labels + rng.normal(0, 0.8, 300) for _ in range(3)]
+    noise = [rng.normal(0, 1, 300) for _ in range(2)]  # seeds of the two models may differ in number
+    better = paired_bootstrap_auc(labels, good, noise, resamples=500)
+    assert better["difference"] > 0.2 and better["ci_low"] > 0 and better["p_value"] < 0.01
+    assert better["difference"] == pytest.approx(np.mean([auc(labels, s) for s in good])
+                                                 - np.mean([auc(labels, s) for s in noise]))
+    same = paired_bootstrap_auc(labels, good[:1], [good[0] + 1e-9 * rng.normal(size=300)], resamples=500)
+    assert abs(same["difference"]) < 0.01 and same["ci_low"] <= 0 <= same["ci_high"] and same["p_value"] > 0.05

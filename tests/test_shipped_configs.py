@@ -22,6 +22,7 @@ SKIP_DIRS = {".venv", ".git", "runs", "node_modules", ".pytest_cache"}
 MODELS: dict[str, type[BaseModel]] = {
     "configs/demo.yaml": DemoConfig,
     "configs/data/synth_bench_2000.yaml": SynthConfig,
+    "configs/data/synth_v1.yaml": SynthConfig,
     "configs/data/microlens.yaml": MicroLensImportConfig,
     "configs/features/default.yaml": FeatureConfig,
     "configs/eval/default.yaml": EvalConfig,
@@ -60,6 +61,10 @@ def test_shipped_yaml_loads(relative: str) -> None:
     if not relative.startswith(RUN_RECORDS):
         assert first_line.startswith("# atflrec "), f"{relative} must open with the command that uses it"
     load_config(MODELS[relative], path)
+
+
+def test_the_v1_config_is_generator_version_1s_world() -> None:
+    assert load_config(SynthConfig, ROOT / "configs/data/synth_v1.yaml") == SynthConfig.version_1()
 
 
 def test_demo_yaml_spells_out_the_defaults() -> None:

@@ -10,6 +10,8 @@ Features of a (user, target) row, per block: the target's vector, and the mean a
 cosine similarity of the target to the user's liked items and to their disliked items (a
 neighbourhood view of taste with few parameters, which few shots can fit; an element-wise
 target x profile interaction scored lower in a one-off check on the benchmark at 256 shots).
+Plus the history's like share (what ``user_rate`` scores by), so that an LLM beating this model
+shows more than that the LLM can count the history's labels.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, labels_of
+from atflrec.baselines.user_rate import like_share
 from atflrec.config import ConfigError, StrictModel
 
 
@@ -30,6 +33,7 @@ class ContentSettings(StrictModel):
     text_dims: int = Field(16, ge=1, description="SVD components of the TF-IDF vectors")
     audio_dims: int = Field(16, ge=1, description="PCA components of the pooled FBank vectors")
     C: float = Field(0.1, gt=0, description="inverse L2 strength of the logistic regression (few shots: strong)")
+    like_share: bool = Field(True, description="also use the history's like share (what user_rate scores by)")
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -82,8 +86,8 @@ class Content(Recommender):
         if self.settings.audio and context.features is not None:
             features = context.features(self.settings.n_mels)
             blocks.append(audio_vectors(self.ids, features, self.settings.audio_dims, context.seed))
-        if not blocks:
-            raise ConfigError("content: no features to use; set text: true, or audio: true with a feature store")
+        if not blocks and not self.settings.like_share:
+            raise ConfigError("content: no features to use; set text, like_share, or audio with a feature store")
         self.blocks = blocks
         labels = labels_of(rows)
         if len(set(labels)) < 2:  # one class: nothing to separate, predict its rate
@@ -115,6 +119,8 @@ class Content(Recommender):
             matches = [self.similarities(t, r["liked_ids"], block) + self.similarities(t, r["disliked_ids"], block)
                        for r, t in zip(rows, targets)]
             columns += [targets, np.array(matches).reshape(len(rows), 4)]
+        if self.settings.like_share:
+            columns.append(like_share(rows)[:, None])
         return np.hstack(columns)
 
     def score(self, rows: Sequence[Row]) -> np.ndarray:

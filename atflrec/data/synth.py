@@ -70,7 +70,7 @@ from atflrec.data.format import METADATA_FILE, interactions_table, items_table, 
 from atflrec.errors import UserError
 
 GENERATOR = "atflrec data synth"
-GENERATOR_VERSION = 1  # bump whenever the same config would produce different files
+GENERATOR_VERSION = 2  # bump whenever the same config would produce different files
 AUDIO_DIR = "audio"
 HIDDEN_DIR = "hidden"
 ATTRIBUTES_FILE = f"{HIDDEN_DIR}/attributes.parquet"
@@ -86,14 +86,21 @@ KEY_RANGE_MIDI = (45, 57)  # A2 up to G#3: chords sit at 110-400 Hz, the melody 
 BASE_TIMESTAMP = 1_600_000_000  # 2020-09-13; a fixed epoch keeps runs identical
 DAY_S = 86_400
 LIKE_FORMULA = (
-    "label ~ Bernoulli(sigmoid(z)); z = bias + genre*affinity[user, genre_i] + mode*mode_pref*M_i "
+    "label ~ Bernoulli(sigmoid(z)); z = bias + user_bias*b_user + genre_appeal*a[genre_i] "
+    "+ energy_appeal*E_i + taste_shared*s_user*A_i + genre*affinity[user, genre_i] + mode*mode_pref*M_i "
     "+ tempo*tempo_pref*T_i + energy*energy_pref*E_i + quality*quality_i + noise*xi; "
     "M_i = +1 major / -1 minor; T_i = clip((tempo_bpm - 120)/40, -1.5, 1.5); E_i = 2*energy - 1; "
+    "A_i = +1 acoustic / -1 electric genre; b_user, s_user, a[genre] ~ N(0,1); "
     "affinity ~ N(0,1); mode_pref, tempo_pref, energy_pref ~ U(-1,1); quality ~ N(0,1); xi ~ N(0,1)"
 )
 
 # Random streams: each part of the output draws from its own, so they never shift one another.
+# Version 2's terms draw from streams of their own, so a v1 config still writes v1's files.
 STREAM_ITEMS, STREAM_TEXT, STREAM_USERS, STREAM_INTERACTIONS, STREAM_AUDIO = range(5)
+STREAM_V2_WORLD, STREAM_V2_USERS, STREAM_V2_ITEMS, STREAM_V2_DEFECTS = range(5, 9)
+
+ACOUSTIC_GENRES = frozenset({"jazz", "classical", "folk", "latin"})  # the rest are electric: A_i = -1
+HUM_HZ = 50.0  # mains hum of a low-quality recording (with its 2nd and 3rd harmonics)
 
 SCALES = {"major": np.array([0, 2, 4, 5, 7, 9, 11]), "minor": np.array([0, 2, 3, 5, 7, 8, 10])}
 PROGRESSIONS = np.array([[0, 4, 5, 3], [0, 3, 4, 0], [0, 5, 3, 4], [0, 3, 0, 4]])  # scale degrees
@@ -165,15 +172,27 @@ FILLER_TAGS = ("single", "remastered", "live", "b-side", "radio edit", "demo", "
 
 
 class LikeWeights(StrictModel):
-    """Weights of the like function (see the module docstring for the formula)."""
+    """Weights of the like function (see the module docstring for the formula); chosen by
+    ``bench/history_signal.py`` (what an oracle can reach), never by how a model scores."""
 
-    bias: float = Field(0.0, description="constant added to every logit; shifts the overall like rate")
-    genre: float = Field(1.0, ge=0, description="weight of the user's affinity for the item's genre")
-    mode: float = Field(0.8, ge=0, description="weight of mode_pref * (+1 major / -1 minor)")
-    tempo: float = Field(0.8, ge=0, description="weight of tempo_pref * standardised tempo")
-    energy: float = Field(0.8, ge=0, description="weight of energy_pref * (2 * energy - 1)")
-    quality: float = Field(0.5, ge=0, description="weight of the item's hidden quality (also its popularity)")
-    noise: float = Field(1.0, ge=0, description="standard deviation of the Gaussian noise added to the logit")
+    bias: float = Field(-0.5, description="constant added to every logit; shifts the overall like rate")
+    user_bias: float = Field(1.6, ge=0, description="weight of the user's like propensity b_user ~ N(0,1)")
+    genre_appeal: float = Field(1.2, ge=0, description="weight of the population's liking of the item's genre")
+    energy_appeal: float = Field(1.0, ge=0, description="weight of the population's liking of energy (2 * energy - 1)")
+    taste_shared: float = Field(
+        0.8, ge=0, description="weight of s_user * (+1 acoustic / -1 electric genre): one taste axis users share")
+    genre: float = Field(1.4, ge=0, description="weight of the user's own affinity for the item's genre")
+    mode: float = Field(0.5, ge=0, description="weight of mode_pref * (+1 major / -1 minor)")
+    tempo: float = Field(1.2, ge=0, description="weight of tempo_pref * standardised tempo")
+    energy: float = Field(1.8, ge=0, description="weight of energy_pref * (2 * energy - 1)")
+    quality: float = Field(0.6, ge=0, description="weight of the item's quality (also its popularity)")
+    noise: float = Field(0.5, ge=0, description="standard deviation of the Gaussian noise added to the logit")
+
+
+# Generator version 1's defaults: with these (every v2 term at 0) version 2 writes v1's files.
+V1_LIKE = {"bias": 0.0, "user_bias": 0.0, "genre_appeal": 0.0, "energy_appeal": 0.0, "taste_shared": 0.0,
+           "genre": 1.0, "mode": 0.8, "tempo": 0.8, "energy": 0.8, "quality": 0.5, "noise": 1.0}
+V1_SETTINGS = {"tag_attribute_rate": 0.0, "audible_quality": 0.0, "like": V1_LIKE}
 
 
 class SynthConfig(StrictModel):
@@ -191,7 +210,9 @@ class SynthConfig(StrictModel):
     title_genre_rate: float = Field(
         0.25, ge=0, le=1, description="probability that the title holds one of the true genre's words")
     tag_attribute_rate: float = Field(
-        0.0, ge=0, le=1, description="probability of each truthful mode / tempo / energy tag (0: audio only)")
+        0.25, ge=0, le=1, description="probability of each truthful mode / tempo / energy tag (0: audio only)")
+    audible_quality: float = Field(
+        0.5, ge=0, le=1, description="how strongly low quality is rendered into the clip (hiss, hum, clipping); 0: never heard")
     interactions_per_user: tuple[int, int] = Field(
         (20, 40), description="inclusive [min, max] items each user sees (capped at items)")
     popularity_skew: float = Field(
@@ -209,9 +230,14 @@ class SynthConfig(StrictModel):
     def styles(self) -> tuple[Style, ...]:
         return STYLES[: self.genres]
 
+    @classmethod
+    def version_1(cls, **settings: Any) -> "SynthConfig":
+        """Generator version 1's world (no v2 terms), with ``settings`` on top: the same files v1 wrote."""
+        return cls.model_validate({**V1_SETTINGS, **settings})
+
 
 class Items(NamedTuple):
-    """Hidden item attributes, one array entry per item."""
+    """Hidden item attributes, one array entry per item (``genre_appeal``: one per genre)."""
 
     genre: np.ndarray  # int index into the config's styles
     tempo_bpm: np.ndarray
@@ -219,6 +245,8 @@ class Items(NamedTuple):
     energy: np.ndarray
     quality: np.ndarray
     key_midi: np.ndarray
+    defect: np.ndarray  # 0..audible_quality: how much hiss, hum and clipping the clip gets
+    genre_appeal: np.ndarray  # [genres] population-level liking a[genre] ~ N(0, 1)
 
 
 class Users(NamedTuple):
@@ -228,6 +256,17 @@ class Users(NamedTuple):
     mode_pref: np.ndarray
     tempo_pref: np.ndarray
     energy_pref: np.ndarray
+    like_bias: np.ndarray  # b_user ~ N(0, 1)
+    taste: np.ndarray  # s_user ~ N(0, 1): + likes acoustic genres, - electric ones
+
+
+class ItemTerms(NamedTuple):
+    """The item attributes as the like function uses them (one entry per item)."""
+
+    mode: np.ndarray  # M: +1 major / -1 minor
+    tempo: np.ndarray  # T: standardised, clipped tempo
+    energy: np.ndarray  # E: 2 * energy - 1
+    acoustic: np.ndarray  # A: +1 acoustic / -1 electric genre
 
 
 class Interactions(NamedTuple):
@@ -290,13 +329,17 @@ def draw_items(config: SynthConfig) -> Items:
     genre = rng.integers(0, len(styles), n)
     tempo_centre = np.array([s.tempo_bpm for s in styles])[genre]
     energy_centre = np.array([s.energy for s in styles])[genre]
+    tempo_bpm = np.clip(rng.normal(tempo_centre, TEMPO_SD_BPM), *TEMPO_RANGE_BPM)
+    major = rng.random(n) < 0.5
+    energy = np.clip(rng.normal(energy_centre, ENERGY_SD), 0.0, 1.0)
+    quality = rng.standard_normal(n)
+    key_midi = rng.integers(*KEY_RANGE_MIDI, n)
+    # What the ear hears of quality is the quality seen through a unit of noise: part of it, not all.
+    heard = quality + _rng(config.seed, STREAM_V2_ITEMS).standard_normal(n)
     return Items(
-        genre=genre,
-        tempo_bpm=np.clip(rng.normal(tempo_centre, TEMPO_SD_BPM), *TEMPO_RANGE_BPM),
-        major=rng.random(n) < 0.5,
-        energy=np.clip(rng.normal(energy_centre, ENERGY_SD), 0.0, 1.0),
-        quality=rng.standard_normal(n),
-        key_midi=rng.integers(*KEY_RANGE_MIDI, n),
+        genre=genre, tempo_bpm=tempo_bpm, major=major, energy=energy, quality=quality, key_midi=key_midi,
+        defect=config.audible_quality / (1 + np.exp(1.5 * heard)),
+        genre_appeal=_rng(config.seed, STREAM_V2_WORLD).standard_normal(len(styles)),
     )
 
 
@@ -304,26 +347,39 @@ def draw_users(config: SynthConfig) -> Users:
     """The hidden preferences of every user."""
     rng = _rng(config.seed, STREAM_USERS)
     n = config.users
-    return Users(
-        affinity=rng.standard_normal((n, config.genres)),
-        mode_pref=rng.uniform(-1, 1, n),
-        tempo_pref=rng.uniform(-1, 1, n),
-        energy_pref=rng.uniform(-1, 1, n),
+    affinity, mode_pref = rng.standard_normal((n, config.genres)), rng.uniform(-1, 1, n)
+    tempo_pref, energy_pref = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+    v2 = _rng(config.seed, STREAM_V2_USERS)
+    return Users(affinity=affinity, mode_pref=mode_pref, tempo_pref=tempo_pref, energy_pref=energy_pref,
+                 like_bias=v2.standard_normal(n), taste=v2.standard_normal(n))
+
+
+def item_terms(config: SynthConfig, items: Items) -> ItemTerms:
+    """M, T, E and A of every item, as the like function (and any analysis of it) uses them."""
+    acoustic = np.array([1.0 if s.name in ACOUSTIC_GENRES else -1.0 for s in config.styles()])
+    return ItemTerms(
+        mode=np.where(items.major, 1.0, -1.0),
+        tempo=np.clip((items.tempo_bpm - TEMPO_CENTRE_BPM) / TEMPO_SCALE_BPM, -1.5, 1.5),
+        energy=2 * items.energy - 1,
+        acoustic=acoustic[items.genre],
     )
 
 
-def like_logit(items: Items, users: Users, user: np.ndarray, item: np.ndarray, weights: LikeWeights) -> np.ndarray:
+def like_logit(config: SynthConfig, items: Items, users: Users, user: np.ndarray, item: np.ndarray) -> np.ndarray:
     """The noise-free z of the like function for each (user, item) pair."""
-    mode = np.where(items.major[item], 1.0, -1.0)
-    tempo = np.clip((items.tempo_bpm[item] - TEMPO_CENTRE_BPM) / TEMPO_SCALE_BPM, -1.5, 1.5)
-    energy = 2 * items.energy[item] - 1
+    w, terms = config.like, item_terms(config, items)
+    genre = items.genre[item]
     return (
-        weights.bias
-        + weights.genre * users.affinity[user, items.genre[item]]
-        + weights.mode * users.mode_pref[user] * mode
-        + weights.tempo * users.tempo_pref[user] * tempo
-        + weights.energy * users.energy_pref[user] * energy
-        + weights.quality * items.quality[item]
+        w.bias
+        + w.user_bias * users.like_bias[user]
+        + w.genre_appeal * items.genre_appeal[genre]
+        + w.energy_appeal * terms.energy[item]
+        + w.taste_shared * users.taste[user] * terms.acoustic[item]
+        + w.genre * users.affinity[user, genre]
+        + w.mode * users.mode_pref[user] * terms.mode[item]
+        + w.tempo * users.tempo_pref[user] * terms.tempo[item]
+        + w.energy * users.energy_pref[user] * terms.energy[item]
+        + w.quality * items.quality[item]
     )
 
 
@@ -341,7 +397,7 @@ def draw_interactions(config: SynthConfig, items: Items, users: Users) -> Intera
     first = np.r_[0, np.cumsum(counts)[:-1]]  # index of each user's first interaction
     cumulative = np.cumsum(gaps)
     timestamp = starts[user] + cumulative - cumulative[first][user]
-    logit = like_logit(items, users, user, item, config.like)
+    logit = like_logit(config, items, users, user, item)
     noisy = logit + config.like.noise * rng.standard_normal(user.size)
     label = (rng.random(user.size) < 1 / (1 + np.exp(-noisy))).astype(np.int8)
     return Interactions(user, item, timestamp.astype(np.int64), logit, label)
@@ -479,9 +535,23 @@ def _spectral_envelope(style: Style, energy: float, n: int, sr: int) -> np.ndarr
     return resonance / np.sqrt(1 + (hz / cutoff) ** 4)
 
 
+def _degrade(mix: np.ndarray, defect: float, target_rms: float, sample_rate: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """A low-quality recording: mains hum, hiss and hard clipping, each growing with ``defect``,
+    at the clip's loudness (so loudness still tells energy)."""
+    t = np.arange(mix.size) / sample_rate
+    hum = sum(a * np.sin(2 * np.pi * k * HUM_HZ * t) for k, a in ((1, 1.0), (2, 0.5), (3, 0.3)))
+    mix = mix + target_rms * defect * (0.8 * hum + 0.5 * rng.standard_normal(mix.size))
+    ceiling = (1 - 1.2 * defect) * float(np.abs(mix).max())  # defect 0.5 clips at 40 % of the peak
+    mix = np.clip(mix, -ceiling, ceiling)
+    return mix * target_rms / max(float(np.sqrt(np.mean(mix**2))), 1e-9)
+
+
 def synthesize_clip(style: Style, tempo_bpm: float, major: bool, energy: float, key_midi: int,
-                    seconds: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """One mono clip in [-1, 1] (float32) rendered from the hidden attributes; ``rng`` varies the music."""
+                    seconds: float, sample_rate: int, rng: np.random.Generator, defect: float = 0.0,
+                    defect_rng: np.random.Generator | None = None) -> np.ndarray:
+    """One mono clip in [-1, 1] (float32) rendered from the hidden attributes; ``rng`` varies the music,
+    ``defect`` (0..1, drawn with ``defect_rng``) degrades the recording."""
     n = round(seconds * sample_rate)
     beat_s = 60.0 / tempo_bpm
     scale = SCALES["major" if major else "minor"]
@@ -492,6 +562,8 @@ def synthesize_clip(style: Style, tempo_bpm: float, major: bool, energy: float, 
     mix = np.fft.irfft(np.fft.rfft(mix, size) * _spectral_envelope(style, energy, size, sample_rate), size)[:n]
     target_rms = 10 ** ((-32 + 20 * energy) / 20)
     mix *= target_rms / max(float(np.sqrt(np.mean(mix**2))), 1e-9)
+    if defect > 0:
+        mix = _degrade(mix, defect, target_rms, sample_rate, defect_rng or np.random.default_rng())
     mix += target_rms * (0.01 + 0.06 * energy) * rng.standard_normal(n, dtype=np.float32)
     return np.tanh(mix).astype(np.float32)  # soft limit: loud clips saturate a little, as real masters do
 
@@ -505,6 +577,7 @@ def _write_audio(config: SynthConfig, items: Items, root: Path, item_ids: list[s
         clip = synthesize_clip(
             styles[items.genre[i]], float(items.tempo_bpm[i]), bool(items.major[i]), float(items.energy[i]),
             int(items.key_midi[i]), config.clip_seconds, config.sample_rate, _rng(config.seed, STREAM_AUDIO, i),
+            float(items.defect[i]), _rng(config.seed, STREAM_V2_DEFECTS, i),
         )
         paths.append(f"{AUDIO_DIR}/{item_id}.wav")
         sf.write(root / paths[-1], clip, config.sample_rate, subtype="PCM_16", format="WAV")
@@ -551,6 +624,9 @@ def _write_hidden(config: SynthConfig, root: Path, item_ids: list[str], user_ids
         "energy": items.energy,
         "quality": items.quality,
         "key_midi": items.key_midi.astype(np.int32),
+        "acoustic": item_terms(config, items).acoustic > 0,
+        "genre_appeal": items.genre_appeal[items.genre],
+        "defect": items.defect,
     }), root / ATTRIBUTES_FILE)
     affinity = {f"affinity_{name}": users.affinity[:, g] for g, name in enumerate(names)}
     pq.write_table(pa.table({
@@ -560,6 +636,8 @@ def _write_hidden(config: SynthConfig, root: Path, item_ids: list[str], user_ids
         "mode_pref": users.mode_pref,
         "tempo_pref": users.tempo_pref,
         "energy_pref": users.energy_pref,
+        "like_bias": users.like_bias,
+        "taste": users.taste,
     }), root / USERS_FILE)
     pq.write_table(pa.table({
         "user_id": np.asarray(user_ids)[interactions.user],
@@ -568,15 +646,32 @@ def _write_hidden(config: SynthConfig, root: Path, item_ids: list[str], user_ids
     }), root / LIKES_FILE)
 
 
+class World(NamedTuple):
+    """Everything the generator draws except the audio; row ``n`` of a table is id ``*_ids[n]``."""
+
+    items: Items
+    users: Users
+    interactions: Interactions
+    titles: list[str]
+    tags: list[list[str]]
+    item_ids: list[str]
+    user_ids: list[str]
+
+
+def draw_world(config: SynthConfig) -> World:
+    """Items, users, labelled interactions and item text: the dataset without its audio files."""
+    items, users = draw_items(config), draw_users(config)
+    text_rng = _rng(config.seed, STREAM_TEXT)
+    titles, tags = _make_titles(config, items, text_rng), _make_tags(config, items, text_rng)
+    return World(items, users, draw_interactions(config, items, users), titles, tags,
+                 _ids("i", config.items), _ids("u", config.users))
+
+
 def generate(config: SynthConfig, out: str | Path) -> SynthSummary:
     """Write the benchmark dataset described by ``config`` to ``out`` (format v1 plus ``hidden/``)."""
     root = Path(out)
     _prepare_out(root)
-    items, users = draw_items(config), draw_users(config)
-    interactions = draw_interactions(config, items, users)
-    text_rng = _rng(config.seed, STREAM_TEXT)
-    titles, tags = _make_titles(config, items, text_rng), _make_tags(config, items, text_rng)
-    item_ids, user_ids = _ids("i", config.items), _ids("u", config.users)
+    items, users, interactions, titles, tags, item_ids, user_ids = draw_world(config)
 
     audio_paths = _write_audio(config, items, root, item_ids)
     _write_hidden(config, root, item_ids, user_ids, items, users, interactions)
@@ -594,7 +689,9 @@ def generate(config: SynthConfig, out: str | Path) -> SynthSummary:
     metadata = {
         "generator": {"name": GENERATOR, "version": GENERATOR_VERSION},
         "config": config.model_dump(mode="json"),
-        "like_function": {"formula": LIKE_FORMULA, "weights": config.like.model_dump(mode="json")},
+        "like_function": {"formula": LIKE_FORMULA, "weights": config.like.model_dump(mode="json"),
+                          "genre_appeal": dict(zip(names, items.genre_appeal.round(4).tolist())),
+                          "acoustic_genres": sorted(ACOUSTIC_GENRES & set(names))},
         "hidden": {"files": summary.hidden_files, "note": "ground truth for tests and analysis; no model reads it"},
         "summary": summary.as_dict(),
     }

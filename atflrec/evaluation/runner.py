@@ -34,7 +34,7 @@ from atflrec.baselines import Context, Item, build_recommender
 from atflrec.baselines.base import Row, rows_key
 from atflrec.config import ConfigError, dump_config
 from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
-from atflrec.metrics import auc, evaluate_scores
+from atflrec.metrics import auc, evaluate_scores, users_with_both_labels
 from atflrec.samples import META_FILE, few_shot, read_samples
 
 RESULTS_FILE = "results.parquet"
@@ -45,7 +45,9 @@ RESULTS_SCHEMA = pa.schema([
     ("auc", pa.float64()), ("gauc", pa.float64()), ("log_loss", pa.float64()),
     ("fit_seconds", pa.float64()), ("score_seconds", pa.float64()),
     ("settings_key", pa.string()), ("data_key", pa.string()),
+    ("scores", pa.list_(pa.float64())),  # per evaluation row, in EVAL_ROWS_FILE's order (paired tests)
 ])
+EVAL_ROWS_FILE = "eval_rows.parquet"
 JOB_COLUMNS = ("model", "variant", "ablation", "shots", "seed")
 
 
@@ -148,7 +150,7 @@ def _score_rows(job: Job, data: EvalData, train_rows: list[Row], shared: dict[st
             raise RuntimeError(f"{job.model} ({job.variant}) gave non-finite scores on {split}")
         metrics = evaluate_scores([r["label"] for r in eval_rows], scores, [r["user_id"] for r in eval_rows])
         rows.append({"split": split, "n_eval": len(eval_rows), **metrics, "fit_seconds": fit_seconds,
-                     "score_seconds": seconds})
+                     "score_seconds": seconds, "scores": [float(v) for v in scores]})
     del recommender
     gc.collect()
     return rows
@@ -169,10 +171,23 @@ def _previous(path: Path) -> dict[tuple, list[dict[str, Any]]]:
     return done
 
 
-def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_table(path: Path, table: pa.Table) -> None:
     temporary = path.with_suffix(".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA), temporary)
+    pq.write_table(table, temporary)
     temporary.replace(path)  # readers never see a half-written file
+
+
+def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    _write_table(path, pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA))
+
+
+def _write_eval_rows(path: Path, data: EvalData) -> None:
+    """Which rows every model scored, in order: what the per-row ``scores`` of the results refer to."""
+    _write_table(path, pa.Table.from_pylist(
+        [{"split": split, "sample_id": r["sample_id"], "user_id": r["user_id"], "label": int(r["label"])}
+         for split, rows in data.evals.items() for r in rows],
+        schema=pa.schema([("split", pa.string()), ("sample_id", pa.string()), ("user_id", pa.string()),
+                          ("label", pa.int8())])))
 
 
 def _oracle(data: EvalData) -> dict[str, float]:
@@ -227,6 +242,7 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
     print(f"evaluation: {len(jobs)} jobs; eval rows " + ", ".join(f"{k} {len(v)}" for k, v in data.evals.items())
           + f"; writing to {out}", flush=True)
 
+    _write_eval_rows(out / EVAL_ROWS_FILE, data)
     previous = _previous(out / RESULTS_FILE)
     results: list[dict[str, Any]] = []
     trained: dict[tuple, list[dict[str, Any]]] = {}  # (settings key, shots, seed) -> split rows
@@ -272,6 +288,8 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
         "samples": config.samples, "features": config.features,
         "data": None if data.data_dir is None else str(data.data_dir),
         "eval_rows": {k: len(v) for k, v in data.evals.items()}, "train_rows": data.train.num_rows,
+        "gauc_users": {k: users_with_both_labels([r["label"] for r in v], [r["user_id"] for r in v])
+                       for k, v in data.evals.items()},
         "oracle_auc": _oracle(data),
     }
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")

@@ -108,6 +108,22 @@ def content_signal(rng: np.random.Generator, where: str, items: int = 240, rows:
     return draw(warm, rows // 2, 0), draw(cold, rows // 2, rows), catalogue, features
 
 
+def user_propensity(rng: np.random.Generator, items: int = 200, rows: int = 600):
+    """Every row is a new user who likes most (p = 0.9) or few (p = 0.1) items: the six history labels
+    and the target's label are all Bernoulli(p), items drawn at random. Only the history's like
+    share carries anything; no item, tag or audio feature does."""
+    ids = [f"i{n}" for n in range(items)]
+    out = []
+    for n in range(rows):
+        p = 0.9 if rng.random() < 0.5 else 0.1
+        picks = [ids[k] for k in rng.choice(items, size=7, replace=False)]
+        liked = [i for i in picks[:6] if rng.random() < p]
+        disliked = [i for i in picks[:6] if i not in liked]
+        out.append(make_row(f"u{n}", n, picks[6], int(rng.random() < p), liked, disliked))
+    features = {i: rng.normal(size=(20, N_MELS)).astype(np.float16) for i in ids}
+    return out[: rows // 2], out[rows // 2:], _catalogue(ids), features
+
+
 def shuffled(rows: list[Row], rng: np.random.Generator) -> list[Row]:
     labels = rng.permutation([r["label"] for r in rows])
     out = []

@@ -8,7 +8,7 @@ import pytest
 from atflrec.baselines import Context, build_recommender
 from atflrec.metrics import auc
 
-from planted import communities, content_signal, item_level, taste_in_history, shuffled
+from planted import N_MELS, communities, content_signal, item_level, shuffled, taste_in_history, user_propensity
 
 # (kind, settings, data generator): each family on the signal it is built to find.
 CASES = [
@@ -19,9 +19,10 @@ CASES = [
     ("sasrec", {}, taste_in_history),
     ("content", {"audio": False}, lambda rng: content_signal(rng, "text")),
     ("content", {"text": False, "n_mels": 8}, lambda rng: content_signal(rng, "audio")),
+    ("content", {"n_mels": N_MELS}, user_propensity),
 ]
 IDS = ["popularity-items", "mf-items", "mf-communities", "lightgcn-communities", "sasrec-history",
-       "content-text", "content-audio"]
+       "content-text", "content-audio", "content-propensity"]
 
 
 def _fit_auc(kind, settings, train, test, catalogue, features) -> float:
@@ -42,3 +43,11 @@ def test_learns_the_planted_signal(kind, settings, make, rng) -> None:
 def test_near_chance_when_training_labels_are_shuffled(kind, settings, make, rng) -> None:
     train, test, catalogue, features = make(rng)
     assert abs(_fit_auc(kind, settings, shuffled(train, rng), test, catalogue, features) - 0.5) < 0.12
+
+
+
+def test_user_rate_needs_no_training_and_follows_the_history_only(rng) -> None:
+    train, test, catalogue, features = user_propensity(rng)
+    assert _fit_auc("user_rate", {}, [], test, catalogue, features) > 0.8
+    # Targets whose labels no longer follow their own history: nothing left to find.
+    assert abs(_fit_auc("user_rate", {}, train, shuffled(test, rng), catalogue, features) - 0.5) < 0.12

@@ -177,7 +177,7 @@ def _major_third_dominates(path: Path, key_midi: int) -> bool:
 
 @pytest.mark.parametrize("rate", [0.0, 0.35, 1.0])
 def test_tags_name_the_true_genre_at_the_documented_rate(tmp_path: Path, rate: float) -> None:
-    config = SynthConfig(users=5, items=400, clip_seconds=0.1, tag_genre_rate=rate)
+    config = SynthConfig(users=5, items=400, clip_seconds=0.1, tag_genre_rate=rate, tag_attribute_rate=0.0)
     summary = generate(config, tmp_path / "ds")
     items, truth = _table(tmp_path / "ds", "items.parquet"), _table(tmp_path / "ds", ATTRIBUTES_FILE)
     names = {s.name for s in STYLES[: config.genres]}
@@ -187,7 +187,7 @@ def test_tags_name_the_true_genre_at_the_documented_rate(tmp_path: Path, rate: f
     assert _binomial_ok(hits, config.items, rate)
     assert summary.tag_genre_agreement == hits / config.items
     attribute_tags = {"major key", "minor key", "slow", "mid-tempo", "fast", "calm", "energetic"}
-    assert not any(attribute_tags & set(tags) for tags in items.tags)  # tag_attribute_rate defaults to 0
+    assert not any(attribute_tags & set(tags) for tags in items.tags)  # tag_attribute_rate 0: none
 
 
 def test_titles_and_attribute_tags_reveal_only_what_their_rates_say(tmp_path: Path) -> None:
@@ -208,19 +208,73 @@ def test_titles_and_attribute_tags_reveal_only_what_their_rates_say(tmp_path: Pa
 
 def test_like_rates_follow_the_documented_function(stats_dataset: Path) -> None:
     rows = _joined(stats_dataset)
-    on_top_genre = rows.genre == rows.top_genre
-    assert rows.label[on_top_genre].mean() - rows.label[~on_top_genre].mean() >= 0.15
-
-    likes_major = rows.mode_pref > 0.5
-    assert (rows.label[likes_major & (rows["mode"] == "major")].mean()
-            - rows.label[likes_major & (rows["mode"] == "minor")].mean()) >= 0.1
-    likes_minor = rows.mode_pref < -0.5
-    assert (rows.label[likes_minor & (rows["mode"] == "minor")].mean()
-            - rows.label[likes_minor & (rows["mode"] == "major")].mean()) >= 0.1
+    mode = np.where(rows["mode"] == "major", 1.0, -1.0)
+    tempo = np.clip((rows.tempo_bpm - 120) / 40, -1.5, 1.5)
+    energy = 2 * rows.energy - 1
+    acoustic = np.where(rows.acoustic, 1.0, -1.0)
+    affinity = rows.apply(lambda r: r[f"affinity_{r.genre}"], axis=1)
+    terms = {
+        "user_bias": rows.like_bias, "genre_appeal": rows.genre_appeal, "energy_appeal": energy,
+        "taste_shared": rows.taste * acoustic, "genre": affinity, "mode": rows.mode_pref * mode,
+        "tempo": rows.tempo_pref * tempo, "energy": rows.energy_pref * energy, "quality": rows.quality,
+    }
+    # A logistic regression on the documented terms recovers the weights (the logit noise shrinks
+    # them by about 1 / sqrt(1 + pi * noise**2 / 8), i.e. 5 % at the default noise 0.5).
+    fitted = LogisticRegression(C=1e4, max_iter=5000).fit(np.column_stack(list(terms.values())), rows.label)
+    weights = STATS_CONFIG.like
+    shrink = 1 / np.sqrt(1 + np.pi * weights.noise**2 / 8)
+    for (name, _), coefficient in zip(terms.items(), fitted.coef_[0]):
+        expected = getattr(weights, name) * shrink
+        assert abs(coefficient - expected) <= 0.3 * expected + 0.15, (name, coefficient, expected)
+    assert abs(fitted.intercept_[0] - weights.bias * shrink) <= 0.3
 
     scored = _table(stats_dataset, LIKES_FILE).merge(rows, on=["user_id", "item_id"])
     by_quartile = scored.label.groupby(pd.qcut(scored.like_logit, 4, labels=False)).mean()
     assert by_quartile.is_monotonic_increasing and by_quartile[3] - by_quartile[0] >= 0.4
+
+
+# Generator version 1's files for SynthConfig.version_1(users=8, items=12, seed=5, clip_seconds=1.0),
+# fingerprinted by _content_fingerprint with the v1 code before version 2 existed.
+V1_FINGERPRINT = "0409f327a1b00497052ec348c87315ed7912621ed81a1007566a8cb7b3fa3464"
+
+
+def _content_fingerprint(root: Path) -> str:
+    """The tables' rows and the clips' bytes (not Parquet's bytes, which name the writer's version)."""
+    digest = hashlib.sha256()
+    for name in ("items.parquet", "interactions.parquet", LIKES_FILE):
+        digest.update(json.dumps(pq.read_table(root / name).to_pylist(), sort_keys=True, default=str).encode())
+    for clip in sorted((root / "audio").glob("*.wav")):
+        digest.update(clip.name.encode())
+        digest.update(clip.read_bytes())
+    return digest.hexdigest()
+
+
+def test_version_1_settings_still_write_version_1_files(tmp_path: Path) -> None:
+    config = SynthConfig.version_1(users=8, items=12, seed=5, clip_seconds=1.0)
+    assert config.like.user_bias == config.like.taste_shared == config.audible_quality == 0
+    assert _content_fingerprint(generate(config, tmp_path / "v1").out) == V1_FINGERPRINT
+    assert _content_fingerprint(generate(SynthConfig(users=8, items=12, seed=5, clip_seconds=1.0),
+                                         tmp_path / "v2").out) != V1_FINGERPRINT
+
+
+def test_low_quality_is_heard_only_when_audible(stats_dataset: Path, tmp_path: Path) -> None:
+    items, truth = _table(stats_dataset, "items.parquet"), _table(stats_dataset, ATTRIBUTES_FILE)
+    assert truth.defect.between(0, STATS_CONFIG.audible_quality).all()
+    assert truth.defect.corr(truth.quality, method="spearman") <= -0.5  # part of quality, not all of it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        frames = [_fbank(stats_dataset / path) for path in items.audio_path]
+    finally:
+        torch.set_num_threads(threads)
+    pooled = np.stack([np.concatenate([f.mean(axis=0), f.std(axis=0), f.min(axis=0)]) for f in frames])
+    train, test = _split(truth.genre)
+    heard = make_pipeline(StandardScaler(), RidgeCV()).fit(pooled[train], truth.defect[train]).score(
+        pooled[test], truth.defect[test])
+    assert heard >= 0.5
+    silent = generate(STATS_CONFIG.model_copy(update={"audible_quality": 0.0, "users": 2, "items": 12}),
+                      tmp_path / "silent").out
+    assert (_table(silent, ATTRIBUTES_FILE).defect == 0).all()
 
 
 def test_popularity_is_skewed_towards_high_quality_items(stats_dataset: Path) -> None:

@@ -38,6 +38,7 @@ def _mapping(bench: dict[str, Path]) -> dict[str, Any]:
             "optim": {"batch_size": 4, "epochs": 1, "max_steps": 1},
         },
         "models": [
+            {"name": "user_rate"},
             {"name": "popularity"},
             {"name": "mf", "settings": {"epochs": 20}},
             {"name": "lightgcn", "settings": {"epochs": 20}},

@@ -46,7 +46,7 @@ def test_report_has_every_model_table_and_valid_plots(small_run) -> None:
         image = matplotlib.image.imread(out / name)  # raises unless a valid PNG
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
         assert f"]({name})" in text
-    assert read_yaml(out / "config.yaml")["models"][0]["name"] == "popularity"
+    assert read_yaml(out / "config.yaml")["models"][0]["name"] == "user_rate"
 
 
 def test_metrics_in_the_results_agree_with_sklearn(small_run) -> None:
@@ -146,3 +146,25 @@ def test_cli_quick_run(bench, eval_mapping, tmp_path) -> None:
 def test_every_registered_kind_is_in_the_small_run(small_run) -> None:
     config, _, _ = small_run
     assert {m.resolved_kind for m in config.models} == set(RECOMMENDERS)
+
+
+def test_per_row_scores_back_the_metrics_and_the_significance_table(small_run) -> None:
+    from atflrec.evaluation.runner import EVAL_ROWS_FILE, RESULTS_FILE
+    from atflrec.metrics import auc, users_with_both_labels
+
+    _, out, report = small_run
+    df = pd.read_parquet(out / RESULTS_FILE)
+    rows = pd.read_parquet(out / EVAL_ROWS_FILE)
+    for _, result in df.iterrows():
+        split = rows[rows["split"] == result["split"]]
+        assert len(result["scores"]) == len(split) == result["n_eval"]
+        assert auc(split["label"], result["scores"]) == pytest.approx(result["auc"], nan_ok=True)
+    text = report.read_text()
+    section = text.split("## Significance of the headline comparisons")[1].split("\n## ")[0]
+    assert " vs user_rate |" in section and " vs text_llm |" in section and "atflrec" in section
+    assert "| p |" in section
+    run = json.loads((out / "run.json").read_text())
+    for split, n in run["gauc_users"].items():
+        part = rows[rows["split"] == split]
+        assert n == users_with_both_labels(part["label"], part["user_id"]) > 0
+        assert f"{split} {n} users" in text
