@@ -26,10 +26,21 @@ class ModelSpec(StrictModel):
     settings: dict[str, Any] = Field(default_factory=dict, description="the kind's settings (see its Settings class)")
     shots: list[int] | None = Field(None, description="few-shot sizes for this model; unset: the evaluation's")
     seeds: list[int] | None = Field(None, description="seeds for this model; unset: the evaluation's")
+    search: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="dotted settings key -> values: every combination is fitted on each draw, the best on the "
+                    "validation split is scored (non-LLM models; LLMs select by validation while training)")
 
     @property
     def resolved_kind(self) -> str:
         return self.kind or self.name
+
+    def search_points(self) -> list[dict[str, Any]]:
+        """Every combination of the search grid ([{}] without one), in grid order."""
+        from itertools import product
+
+        keys = list(self.search)
+        return [dict(zip(keys, values)) for values in product(*(self.search[k] for k in keys))]
 
 
 class AblationSpec(StrictModel):
@@ -65,6 +76,9 @@ class EvalConfig(StrictModel):
         description="report name -> samples split; warm = later interactions with seen items, cold = items never seen",
     )
     max_eval_samples: int | None = Field(300, ge=1, description="seeded subsample of each split, the same rows for every model")
+    validation_split: str = Field("val", description="samples split that model searches select on (never reported)")
+    max_search_points: int = Field(
+        8, ge=1, description="most settings a model's search may fit per draw: the same budget for every baseline")
     eval_seed: int = Field(0, description="seed of that subsample")
     llm: dict[str, Any] = Field(default_factory=dict, description="settings shared by every LLM model; a model's own settings win key by key")
     models: list[ModelSpec] = Field(min_length=1, description="the models, each trained on every (shots, seed)")
@@ -92,6 +106,7 @@ class EvalConfig(StrictModel):
             raise ValueError(f"models: repeated names in {names}")
         for spec in self.models:
             model_settings(self, spec)  # raises naming the model and key
+            _check_search(self, spec)
         for ablation in self.ablations:
             if ablation.model not in names:
                 raise ValueError(f"ablations.{ablation.name}.model: no model named {ablation.model!r} (models: {names})")
@@ -99,6 +114,21 @@ class EvalConfig(StrictModel):
             for value in ablation.values:
                 model_settings(self, spec, {ablation.key: value}, where=f"ablations.{ablation.name}")
         return self
+
+
+def _check_search(config: EvalConfig, spec: ModelSpec) -> None:
+    from atflrec.baselines import RECOMMENDERS
+
+    if not spec.search:
+        return
+    if RECOMMENDERS[spec.resolved_kind].uses_llm:
+        raise ValueError(f"models.{spec.name}.search: LLM models select by validation inside training, not by a search")
+    points = spec.search_points()
+    if not points or len(points) > config.max_search_points:
+        raise ValueError(f"models.{spec.name}.search: {len(points)} settings; give 1 to max_search_points="
+                         f"{config.max_search_points} (the same budget for every baseline)")
+    for point in points:
+        model_settings(config, spec, point, where=f"models.{spec.name}.search")
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -156,11 +186,15 @@ class Job:
     settings: StrictModel
     shots: int
     seed: int
+    candidates: tuple[tuple[str, StrictModel], ...] = ()  # a search: (point as JSON, settings) to select from
 
     @property
     def settings_key(self) -> str:
         """Identifies the trained model: kind and settings (two variants with equal keys share results)."""
-        text = json.dumps({"kind": self.kind, "settings": self.settings.model_dump(mode="json")}, sort_keys=True)
+        identity: dict[str, Any] = {"kind": self.kind, "settings": self.settings.model_dump(mode="json")}
+        if self.candidates:
+            identity["search"] = [point for point, _ in self.candidates]
+        text = json.dumps(identity, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -169,9 +203,11 @@ def plan_jobs(config: EvalConfig) -> list[Job]:
     jobs: list[Job] = []
     for spec in config.models:
         settings = model_settings(config, spec)
+        candidates = tuple((json.dumps(point, sort_keys=True), model_settings(config, spec, point))
+                           for point in spec.search_points()) if spec.search else ()
         for shots in spec.shots or config.shots:
             for seed in spec.seeds or config.seeds:
-                jobs.append(Job(spec.name, spec.resolved_kind, DEFAULT_VARIANT, "", settings, shots, seed))
+                jobs.append(Job(spec.name, spec.resolved_kind, DEFAULT_VARIANT, "", settings, shots, seed, candidates))
     for ablation in config.ablations:
         spec = next(m for m in config.models if m.name == ablation.model)
         for value in ablation.values:

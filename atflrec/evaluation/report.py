@@ -277,6 +277,26 @@ def _ablation_tables(df: pd.DataFrame, config: EvalConfig, splits: list[str]) ->
     return out
 
 
+def _search_table(main: pd.DataFrame, config: EvalConfig) -> list[str]:
+    """Which settings each searched model chose on the validation split, per shot count."""
+    searched = [m for m in config.models if m.search]
+    if not searched or "chosen" not in main:
+        return []
+    rows = []
+    for spec in searched:
+        sub = main[(main["model"] == spec.name)].drop_duplicates(["shots", "seed"])
+        for shots, group in sub.groupby("shots"):
+            picks = group["chosen"].dropna().value_counts()
+            rows.append([spec.name, str(shots), str(len(spec.search_points())),
+                         "; ".join(f"{point} ×{count}" for point, count in picks.items()),
+                         f"{group['val_auc'].mean():.3f}"])
+    return ["## Validation-selected settings of the baselines\n",
+            f"Each searched model fits every point of its grid (at most {config.max_search_points}, the same budget for "
+            f"every baseline) on the few-shot draw and keeps the one with the best AUC on the "
+            f"`{config.validation_split}` split; the tables above report that one.\n",
+            _table(["model", "shots", "grid points", "chosen (× seeds)", "validation AUC"], rows), ""]
+
+
 def _time_line(run: dict[str, Any], compute: float) -> str:
     invocations = run.get("invocations", [])
     line = f"- started {run.get('started')}; this invocation took {run.get('wall_seconds', 0) / 60:.1f} min"
@@ -321,6 +341,7 @@ def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
     lines += _goal(df, config, oracle)
     lines += _significance(out, df, splits)
     lines += _metric_tables(main, models, splits, run)
+    lines += _search_table(main, config)
     lines += ["## Fit time (seconds, mean over seeds)\n",
               "A stage shared between models (see below) counts at the model that trained it first.\n",
               _fit_table(main, models), ""]

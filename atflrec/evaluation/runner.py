@@ -46,6 +46,7 @@ RESULTS_SCHEMA = pa.schema([
     ("fit_seconds", pa.float64()), ("score_seconds", pa.float64()),
     ("settings_key", pa.string()), ("data_key", pa.string()),
     ("scores", pa.list_(pa.float64())),  # per evaluation row, in EVAL_ROWS_FILE's order (paired tests)
+    ("chosen", pa.string()), ("val_auc", pa.float64()),  # a search's selected point and its validation AUC
 ])
 EVAL_ROWS_FILE = "eval_rows.parquet"
 JOB_COLUMNS = ("model", "variant", "ablation", "shots", "seed")
@@ -55,6 +56,7 @@ JOB_COLUMNS = ("model", "variant", "ablation", "shots", "seed")
 class EvalData:
     train: pa.Table
     evals: dict[str, list[Row]]  # report split name -> rows
+    validation: list[Row]  # what model searches select on
     items: dict[str, Item]
     features: Any  # n_mels -> features, or None
     data_dir: Path | None
@@ -104,6 +106,13 @@ def _catalogue(data_dir: Path | None, tables: list[pa.Table]) -> dict[str, Item]
     return catalogue
 
 
+def _eval_table(config: EvalConfig, split: str) -> pa.Table:
+    table = read_samples(config.samples, split)
+    if config.max_eval_samples is not None and table.num_rows > config.max_eval_samples:
+        table = few_shot(table, config.max_eval_samples, config.eval_seed)
+    return table
+
+
 def prepare_data(config: EvalConfig) -> EvalData:
     if config.samples is None:
         raise ConfigError("samples: set the samples directory (e.g. samples=runs/demo/samples)")
@@ -111,11 +120,11 @@ def prepare_data(config: EvalConfig) -> EvalData:
     evals: dict[str, list[Row]] = {}
     tables = [train]
     for name, split in config.splits.items():
-        table = read_samples(config.samples, split)
-        if config.max_eval_samples is not None and table.num_rows > config.max_eval_samples:
-            table = few_shot(table, config.max_eval_samples, config.eval_seed)
+        table = _eval_table(config, split)
         evals[name] = table.to_pylist()
         tables.append(table)
+    searched = any(spec.search for spec in config.models)
+    validation = _eval_table(config, config.validation_split).to_pylist() if searched else []
     data_dir = _data_dir(config)
     items = _catalogue(data_dir, tables)
     features = StoreFeatures(config.features, sorted(items)) if config.features is not None else None
@@ -129,17 +138,37 @@ def prepare_data(config: EvalConfig) -> EvalData:
     key = hashlib.sha1(json.dumps({
         "train": rows_key(train.to_pylist()),
         "evals": {name: rows_key(rows) for name, rows in evals.items()},
+        "validation": rows_key(validation),
         "items": hashlib.sha1(repr(sorted(items.items())).encode()).hexdigest(),
         "features": None if manifest is None else [manifest.get("index"), manifest.get("params")],
     }, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return EvalData(train, evals, items, features, data_dir, key)
+    return EvalData(train, evals, validation, items, features, data_dir, key)
+
+
+def _fit(job: Job, data: EvalData, train_rows: list[Row], shared: dict[str, Any]) -> tuple[Any, str | None, float | None]:
+    """The job's fitted model; for a search, the candidate with the best validation AUC (first on ties),
+    with its point and that AUC."""
+    context = Context(data.items, data.features, job.seed, shared)
+    if not job.candidates:
+        recommender = build_recommender(job.kind, job.settings)
+        recommender.fit(train_rows, context)
+        return recommender, None, None
+    labels = [r["label"] for r in data.validation]
+    best: tuple[Any, str | None, float | None] = (None, None, None)
+    for point, settings in job.candidates:
+        recommender = build_recommender(job.kind, settings)
+        recommender.fit(train_rows, context)
+        value = auc(labels, recommender.score(data.validation))
+        value = -1.0 if np.isnan(value) else value  # one-class validation rows: keep the first candidate
+        if best[2] is None or value > best[2]:
+            best = (recommender, point, value)
+    return best
 
 
 def _score_rows(job: Job, data: EvalData, train_rows: list[Row], shared: dict[str, Any]) -> list[dict[str, Any]]:
-    """Fit the job's model and score every split: one result row per split."""
-    recommender = build_recommender(job.kind, job.settings)
+    """Fit the job's model (or select it by validation) and score every split: one result row per split."""
     start = time.perf_counter()
-    recommender.fit(train_rows, Context(data.items, data.features, job.seed, shared))
+    recommender, chosen, val_auc = _fit(job, data, train_rows, shared)
     fit_seconds = time.perf_counter() - start
     rows = []
     for split, eval_rows in data.evals.items():
@@ -150,7 +179,8 @@ def _score_rows(job: Job, data: EvalData, train_rows: list[Row], shared: dict[st
             raise RuntimeError(f"{job.model} ({job.variant}) gave non-finite scores on {split}")
         metrics = evaluate_scores([r["label"] for r in eval_rows], scores, [r["user_id"] for r in eval_rows])
         rows.append({"split": split, "n_eval": len(eval_rows), **metrics, "fit_seconds": fit_seconds,
-                     "score_seconds": seconds, "scores": [float(v) for v in scores]})
+                     "score_seconds": seconds, "scores": [float(v) for v in scores], "chosen": chosen,
+                     "val_auc": val_auc})
     del recommender
     gc.collect()
     return rows
@@ -275,6 +305,8 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
         results += rows
         _write_results(out / RESULTS_FILE, results)
         scores = ", ".join(f"{r['split']} AUC {r['auc']:.3f}" for r in rows)
+        if rows[0].get("chosen"):
+            scores += f" (chose {rows[0]['chosen']}: val AUC {rows[0]['val_auc']:.3f})"
         print(f"{label}: fit {rows[0]['fit_seconds']:.1f} s, {scores} (elapsed {_clock(time.perf_counter() - clock)})",
               flush=True)
     _write_results(out / RESULTS_FILE, results)

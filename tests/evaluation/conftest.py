@@ -39,11 +39,11 @@ def _mapping(bench: dict[str, Path]) -> dict[str, Any]:
         },
         "models": [
             {"name": "user_rate"},
-            {"name": "popularity"},
+            {"name": "popularity", "search": {"prior": [0.0, 5.0]}},
             {"name": "mf", "settings": {"epochs": 20}},
             {"name": "lightgcn", "settings": {"epochs": 20}},
             {"name": "sasrec", "settings": {"epochs": 10}},
-            {"name": "content", "settings": {"n_mels": N_MELS}},
+            {"name": "content", "settings": {"n_mels": N_MELS}, "search": {"C": [0.01, 1.0], "like_share": [True, False]}},
             {"name": "text_llm", "shots": [8], "seeds": [0]},
             {"name": "audio_llm", "shots": [8], "seeds": [0]},
             {"name": "atflrec", "shots": [8], "seeds": [0]},

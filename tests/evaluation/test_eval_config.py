@@ -27,6 +27,11 @@ def _config(**changes) -> dict:
      "ablations.pooling.settings: model.encoder.pooling: Value error, unknown pooling 'median'"),
     ({"llm": {"optim": {"lr": -1}}}, "models.atflrec.settings: optim.lr: Input should be greater than 0"),
     ({"shots": [16, 16]}, "shots: Value error, repeated values"),
+    ({"models": [{"name": "mf", "search": {"dims": [8, 16]}}]}, "models.mf.search.settings: dims: unknown key"),
+    ({"models": [{"name": "mf", "search": {"dim": [4, 8, 16], "l2": [0.1, 1.0, 10.0]}}]},
+     "models.mf.search: 9 settings; give 1 to max_search_points=8"),
+    ({"models": [{"name": "text_llm", "search": {"optim.lr": [1e-4, 1e-3]}}]},
+     "models.text_llm.search: LLM models select by validation inside training"),
 ])
 def test_bad_configs_name_what_is_wrong(changes, message) -> None:
     with pytest.raises(ConfigError) as error:
@@ -68,3 +73,15 @@ def test_quick_shrinks_shots_seeds_rows_and_llm_steps() -> None:
     assert {(j.shots, j.seed) for j in jobs} == {(8, 3)} and quick.max_eval_samples == 20
     assert len(jobs) == 3 and not quick.ablations
     assert next(j for j in jobs if j.model == "atflrec").settings.optim.max_steps == 1
+
+
+def test_a_search_is_part_of_what_identifies_a_trained_model() -> None:
+    plain = plan_jobs(build_config(EvalConfig, _config()))
+    searched = plan_jobs(build_config(EvalConfig, _config(models=[{"name": "popularity"}, {
+        "name": "mf", "settings": {"dim": 8}, "search": {"l2": [0.1, 1.0]}}, {"name": "atflrec"}])))
+    mf_plain = next(j for j in plain if j.model == "mf")
+    mf_searched = next(j for j in searched if j.model == "mf")
+    assert [point for point, _ in mf_searched.candidates] == ['{"l2": 0.1}', '{"l2": 1.0}']
+    assert [s.l2 for _, s in mf_searched.candidates] == [0.1, 1.0]
+    assert all(s.dim == 8 for _, s in mf_searched.candidates)
+    assert mf_plain.settings_key != mf_searched.settings_key and not mf_plain.candidates

@@ -54,7 +54,9 @@ def test_metrics_in_the_results_agree_with_sklearn(small_run) -> None:
     results = pd.read_parquet(out / "results.parquet")
     data = prepare_data(config)
     for kind in ("popularity", "content"):
-        settings = next(m for m in config.models if m.name == kind).settings
+        chosen = results[(results["model"] == kind) & (results["shots"] == 16) & (results["seed"] == 1)]["chosen"]
+        point = json.loads(chosen.iloc[0]) if chosen.notna().all() else {}  # a searched model's selected settings
+        settings = {**next(m for m in config.models if m.name == kind).settings, **point}
         model = build_recommender(kind, settings)
         model.fit(few_shot(data.train, 16, 1).to_pylist(), Context(data.items, data.features, seed=1))
         for split, rows in data.evals.items():
@@ -168,3 +170,28 @@ def test_per_row_scores_back_the_metrics_and_the_significance_table(small_run) -
         part = rows[rows["split"] == split]
         assert n == users_with_both_labels(part["label"], part["user_id"]) > 0
         assert f"{split} {n} users" in text
+
+
+def test_searched_models_keep_the_candidate_best_on_validation(small_run) -> None:
+    from atflrec.evaluation.runner import RESULTS_FILE, prepare_data
+
+    config, out, report = small_run
+    df = pd.read_parquet(out / RESULTS_FILE)
+    data = prepare_data(config)
+    labels = [r["label"] for r in data.validation]
+    assert data.validation and {r["sample_id"] for r in data.validation}.isdisjoint(
+        r["sample_id"] for rows in data.evals.values() for r in rows)
+    spec = next(m for m in config.models if m.name == "content")
+    for (shots, seed), group in df[df["model"] == "content"].groupby(["shots", "seed"]):
+        train = few_shot(data.train, shots, seed).to_pylist()
+        context = Context(data.items, data.features, seed, {})
+        val = {}
+        for point in spec.search_points():
+            model = build_recommender("content", {**spec.settings, **point})
+            model.fit(train, context)
+            val[json.dumps(point, sort_keys=True)] = roc_auc_score(labels, model.score(data.validation))
+        best = max(val.values())
+        assert group["val_auc"].nunique() == 1 and group["val_auc"].iloc[0] == pytest.approx(best)
+        assert val[group["chosen"].iloc[0]] == pytest.approx(best)
+    assert df[df["model"] == "mf"]["chosen"].isna().all()
+    assert "## Validation-selected settings of the baselines" in report.read_text()
