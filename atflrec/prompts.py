@@ -7,6 +7,12 @@ audio encoder's soft tokens. The message goes through the tokenizer's chat templ
 (Alpaca-style ``### Instruction/Input/Response`` otherwise), so the answer ("Yes"/"No") is the next
 token after the prompt.
 
+Item text (titles, from datasets, importers and uploads alike) never becomes a control token: every
+title passes :func:`item_text` here, the one place item text enters a prompt. It turns control
+characters into spaces and breaks every string the tokenizer would read as a special or added token
+(``<|audio|>``, ``<|im_end|>``, ...) with a zero-width space after its first character, so the title
+is kept, readable, and tokenised as plain text. ``atflrec data validate`` warns about such titles.
+
 Why a new special token instead of a reserved one: added to the tokenizer as a special token it is
 one id that byte-pair merges can never split or fuse with neighbouring text, whatever the model.
 Its id never reaches the embedding table (those positions are overwritten before the first layer),
@@ -15,6 +21,7 @@ so the base model is not resized and stays byte-identical to the published weigh
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from typing import Any, Container, Sequence
@@ -33,6 +40,10 @@ DEFAULT_INPUT = (
     "Whether the user will like the target song {target}?"
 )
 ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+BREAK = "\u200b"  # zero-width space: splits a reserved string so no tokenizer can match it
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# What validation flags without a tokenizer: <|anything|>, <tag>-like markers and control characters.
+TOKEN_LIKE = re.compile(r"<\|[^<>|]{0,64}\|>|</?[A-Za-z_][\w.-]{0,63}>|[\x00-\x1f\x7f-\x9f]")
 
 
 class PromptConfig(StrictModel):
@@ -71,6 +82,25 @@ class Prompt:
     audio_item_ids: tuple[str, ...]
 
 
+def reserved_strings(tokenizer: Any) -> tuple[str, ...]:
+    """Every string the tokenizer reads as a special or added token (the audio token included), longest first."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    found = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+    found |= {getattr(t, "content", str(t)) for t in added.values()}
+    found.add(AUDIO_TOKEN)
+    return tuple(sorted((t for t in found if t), key=len, reverse=True))
+
+
+def item_text(text: str, reserved: Sequence[str], max_chars: int) -> str:
+    """Item text as it may enter a prompt: one line, at most ``max_chars`` characters, and no reserved
+    string left whole (each is broken by a zero-width space after its first character)."""
+    text = " ".join(_CONTROL.sub(" ", text).split())[:max_chars]
+    for token in reserved:
+        if len(token) > 1 and token in text:
+            text = text.replace(token, token[0] + BREAK + token[1:])
+    return text
+
+
 def add_audio_token(tokenizer: Any) -> int:
     """Register :data:`AUDIO_TOKEN` as a special token (idempotent); returns its id."""
     if AUDIO_TOKEN not in tokenizer.get_vocab():
@@ -106,9 +136,10 @@ def render_prompt(
     ``audio_tokens=0`` the prompt is text-only.
     """
     placed: list[str] = []
+    reserved = reserved_strings(tokenizer)
 
     def item(item_id: str, title: str) -> str:
-        text = config.item_template.format(title=title[: config.max_title_chars])
+        text = config.item_template.format(title=item_text(title, reserved, config.max_title_chars))
         if audio_tokens and item_id in audio_items:
             placed.append(item_id)
             text += " " + AUDIO_TOKEN * audio_tokens

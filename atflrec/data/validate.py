@@ -13,7 +13,9 @@ error (the dataset is unusable; ``usable`` is False and the CLI exits 1)
 warning (usable; later stages skip or quarantine the rows concerned)
     Some interactions name unknown items; some audio files are missing or empty (the features
     stage quarantines them); a title is empty; a (user, item, timestamp) row is repeated; all labels
-    are the same (training works, AUC is undefined); ``dataset.json`` is unreadable.
+    are the same (training works, AUC is undefined); ``dataset.json`` is unreadable; a title or tag
+    holds text that looks like a control token or control characters (prompts escape it: see
+    :func:`atflrec.prompts.item_text`).
 info
     Items that no interaction names (they can still serve as candidates).
 
@@ -74,6 +76,8 @@ KINDS: dict[str, tuple[Severity, str]] = {
     "missing_audio": (Severity.WARNING, "audio file does not exist"),
     "empty_audio": (Severity.WARNING, "audio file is empty (0 bytes)"),
     "empty_title": (Severity.WARNING, "item title is empty"),
+    "token_like_text": (Severity.WARNING, "title or tag looks like a control token (e.g. <|im_end|>) or holds "
+                        "control characters; prompts escape it, so it is read as plain text"),
     "duplicate_interaction": (Severity.WARNING, "interaction repeats a (user_id, item_id, timestamp) seen before"),
     "single_label": (Severity.WARNING, "all labels are the same, so AUC is undefined"),
     "bad_metadata": (Severity.WARNING, "dataset.json is unreadable or lacks format_version"),
@@ -246,6 +250,7 @@ def _check_items(root: Path, items: pa.Table, report: ValidationReport) -> set[s
     if titles is not None:
         empty = [row for row, title in enumerate(titles) if title is not None and not title.strip()]
         report.add("empty_title", len(empty), (f"{ITEMS_FILE} row {row}: item {_at(ids, row)!r}" for row in empty))
+        _check_token_like(titles, ids, "title", report)
     if paths is not None and items.num_rows:
         usable = sum(_check_audio(root, path, row, report) for row, path in enumerate(paths) if path is not None)
         report.add("no_usable_audio", int(usable == 0), [f"none of {items.num_rows} audio paths is usable"])
@@ -264,7 +269,18 @@ def _check_tags(items: pa.Table, report: ValidationReport) -> None:
     else:
         report.add("wrong_type", 1, [f"{ITEMS_FILE}: tags is {kind}, expected string or list<string>"])
         return
-    _values(_cast(items, "tags", target, report, ITEMS_FILE), "tags", report, ITEMS_FILE)
+    tags = _values(_cast(items, "tags", target, report, ITEMS_FILE), "tags", report, ITEMS_FILE)
+    if tags is not None:
+        joined = [" ".join(t) if isinstance(t, list) else t for t in tags]
+        _check_token_like([t if t is None else str(t) for t in joined], None, "tags", report)
+
+
+def _check_token_like(texts: list[str | None], ids: list[str | None] | None, column: str,
+                      report: ValidationReport) -> None:
+    from atflrec.prompts import TOKEN_LIKE
+
+    rows = [row for row, text in enumerate(texts) if text and TOKEN_LIKE.search(text)]
+    report.add("token_like_text", len(rows), (f"{ITEMS_FILE} row {row} {column}: {texts[row][:60]!r}" for row in rows))
 
 
 def _check_duplicate_ids(ids: list[str | None], report: ValidationReport) -> None:
