@@ -1,7 +1,8 @@
 # Quick start: `make demo` then `make test`. Both create .venv and install the project when
 # pyproject.toml changed since the last install (a stamp keyed on its hash), else skip in a second.
 
-PYTHON ?= python3
+# The first supported interpreter found (torch, ray and deepspeed wheels exist for 3.10-3.12).
+PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.10,$(shell command -v python$(v) 2>/dev/null)))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
@@ -15,6 +16,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "atflrec needs Python 3.10, 3.11 or 3.12 (python3.X on PATH, or make PYTHON=/path/to/python); none was found" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
