@@ -2,9 +2,11 @@
 
     python bench/tallrec.py --data data_cache/tallrec/book --out bench/results/tallrec_book.json
 
-``--data`` holds TALLRec's public Book instruction files ``valid.json`` (the few-shot training
-pool, as in TALLRec) and ``test.json``, fetched at measurement time from the TALLRec repository
-(``data/book/``) into an ignored folder; they are never committed. Both go through the project's
+``--data`` holds TALLRec's public Book instruction files ``valid.json`` (here the few-shot
+training pool: TALLRec draws its shots from ``train.json`` and selects models on ``valid.json``,
+but ``train.json`` is the repository's largest file and was not in the snapshot we could fetch)
+and ``test.json``, fetched at measurement time from the TALLRec repository (``data/book/``) into
+an ignored folder; they are never committed. Both go through the project's
 importer (``atflrec data import-instructions``): one sample per record, each record its own user,
 an item's id its ``<title> by <author>``.
 
@@ -13,8 +15,9 @@ For each size of ``--shots`` and seed of ``--seeds`` it draws the training rows 
 LoRA text adapter, the Book instruction and prompt) and scores the test rows: all of them, or a
 subsample of ``--max-test-rows`` drawn with ``--test-seed`` (the same rows for every model and
 seed). Beside it, ``user_rate`` scores each row by its history alone, liked / (liked + disliked)
-(0.5 with no history), and needs no training. Metric: AUC over the test rows. GAUC is not
-meaningful here: every record is its own user with one target.
+(0.5 with no history), and needs no training: the registered kind with ``prior: 0``, or
+:func:`user_rate_scores` where that kind is not registered (the same numbers). Metric: AUC over
+the test rows. GAUC is not meaningful here: every record is its own user with one target.
 
 Writes ``--out`` as ``{"16": {"text_llm": mean AUC over the seeds run, "user_rate": AUC}, ...}``
 (only the sizes run), a ``*_detail.json`` beside it (per-seed AUCs, settings, timings, TALLRec's
@@ -166,10 +169,11 @@ def main() -> None:
     longest = max(len(i) for i in ids)
     settings = text_llm_settings(args, longest)
 
-    if "user_rate" in RECOMMENDERS:
-        user_rate = build_recommender("user_rate")
+    if "user_rate" in RECOMMENDERS:  # prior 0 and no training rows: the raw share, 0.5 for no history
+        user_rate = build_recommender("user_rate", {"prior": 0.0})
         user_rate.fit([], Context(items=context_items))
-        rate_scores, rate_source = user_rate.score(test), "build_recommender('user_rate')"
+        rate_scores = user_rate.score(test)
+        rate_source = "build_recommender('user_rate', {'prior': 0.0}), fit on no rows"
     else:
         rate_scores, rate_source = user_rate_scores(test), "bench/tallrec.py user_rate_scores (no registered kind)"
     rate_auc = auc(labels, rate_scores)

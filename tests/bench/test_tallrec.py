@@ -28,6 +28,10 @@ def test_user_rate_is_the_liked_share_of_the_history(bench: ModuleType) -> None:
             {"liked_ids": [], "disliked_ids": []},
             {"liked_ids": [], "disliked_ids": ["d", "e"]}]
     assert bench.user_rate_scores(rows).tolist() == [0.75, 0.5, 0.0]
+    if "user_rate" in bench.RECOMMENDERS:  # the registered kind, as the script builds it, agrees
+        model = bench.build_recommender("user_rate", {"prior": 0.0})
+        model.fit([], bench.Context(items={}))
+        assert model.score(rows).tolist() == [0.75, 0.5, 0.0]
 
 
 def test_splits_go_through_the_importer(bench: ModuleType, tmp_path) -> None:
