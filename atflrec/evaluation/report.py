@@ -8,6 +8,7 @@ bootstrap for each comparison; GAUC tables say how many users each figure rests 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from atflrec.baselines import RECOMMENDERS
 from atflrec.evaluation.config import DEFAULT_VARIANT, EvalConfig, model_settings
 
 REPORT_FILE = "report.md"
+SUMMARY_FILE = "summary.json"
 GOAL_SHOTS = 256
 # (comparison, the kinds it takes the best of, the margin the best ATFLRec variant must lead it by)
 GOALS: tuple[tuple[str, tuple[str, ...], float], ...] = (
@@ -309,6 +311,16 @@ def _time_line(run: dict[str, Any], compute: float) -> str:
                    "their own time)")
 
 
+def summary(main: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """Each model's mean AUC over seeds (default settings), by split and shot count:
+    ``{"cold": {"256": {"atflrec": 0.7, ...}, ...}, "warm": ...}``."""
+    means = main.groupby(["split", "shots", "model"])["auc"].mean()
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (split, shots, model), value in means.items():
+        out.setdefault(str(split), {}).setdefault(str(int(shots)), {})[str(model)] = round(float(value), 4)
+    return out
+
+
 def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
     """Write ``report.md`` and the PNGs into ``out`` (which holds ``results.parquet``)."""
     from atflrec.evaluation.runner import RESULTS_FILE
@@ -360,6 +372,7 @@ def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
               "the fusion stage trains on cached outputs of the frozen adapters. See `atflrec/baselines/llm.py`.\n",
               "## Plots\n"]
     lines += _plots(out, df, config, models, splits, oracle)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary(main), indent=2, sort_keys=True) + "\n")
     path = out / REPORT_FILE
     path.write_text("\n".join(lines) + "\n")
     return path

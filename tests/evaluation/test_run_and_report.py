@@ -195,3 +195,14 @@ def test_searched_models_keep_the_candidate_best_on_validation(small_run) -> Non
         assert val[group["chosen"].iloc[0]] == pytest.approx(best)
     assert df[df["model"] == "mf"]["chosen"].isna().all()
     assert "## Validation-selected settings of the baselines" in report.read_text()
+
+
+def test_summary_json_holds_each_models_mean_auc_by_split_and_shots(small_run) -> None:
+    config, out, _ = small_run
+    df = pd.read_parquet(out / "results.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == set(config.splits)
+    main = df[df["variant"] == "default"]
+    for (split, shots, model), group in main.groupby(["split", "shots", "model"]):
+        assert summary[split][str(shots)][model] == pytest.approx(group["auc"].mean(), abs=1e-4)
+    assert set(summary["cold"]["8"]) == {m.name for m in config.models}
