@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, rows_key
 from atflrec.config import StrictModel
 from atflrec.model.adapters import ADAPTER_SEES_AUDIO
-from atflrec.model.batch import AUDIO, Batch
+from atflrec.model.batch import AUDIO, Batch, history_logit
 from atflrec.model.fusion import PassOutput, Stage
 from atflrec.model.network import ATFLRecModel, ModelConfig, prompt_kind
 from atflrec.model.scoring import probability
@@ -76,7 +76,8 @@ class AudioLLMSettings(LLMSettings):
 
 def _labels_batch(rows: Sequence[Row]) -> Batch:
     return Batch(prompts={}, labels=torch.tensor([float(r["label"]) for r in rows]),
-                 sample_ids=[r["sample_id"] for r in rows], user_ids=[r["user_id"] for r in rows])
+                 sample_ids=[r["sample_id"] for r in rows], user_ids=[r["user_id"] for r in rows],
+                 history_logit=history_logit(rows))
 
 
 class _CachedPasses(torch.nn.Module):
@@ -99,7 +100,8 @@ class _CachedPasses(torch.nn.Module):
         index = torch.tensor([self.position[s] for s in batch.sample_ids])
         device = batch.labels.device
         picked = {a: PassOutput(o.margin[index].to(device), o.hidden[index].to(device)) for a, o in self.outputs.items()}
-        return self.model.fusion.combine(picked)
+        history = None if batch.history_logit is None else batch.history_logit.to(device)
+        return self.model.fusion.combine(picked, history)
 
 
 class LLMRecommender(Recommender):
@@ -193,7 +195,7 @@ class LLMRecommender(Recommender):
         device = next(self.model.fusion.parameters(), torch.zeros(())).device
         outputs = {a: self.adapter_outputs(a, rows) for a in self.model.adapters}
         margin = self.model.fusion.combine({a: PassOutput(o.margin.to(device), o.hidden.to(device))
-                                            for a, o in outputs.items()})
+                                            for a, o in outputs.items()}, history_logit(rows).to(device))
         return probability(margin).cpu().numpy()
 
 

@@ -36,9 +36,20 @@ class Batch:
     labels: torch.Tensor  # [batch] float, 1 = liked
     sample_ids: list[str] = field(default_factory=list)
     user_ids: list[str] = field(default_factory=list)
+    history_logit: torch.Tensor | None = None  # [batch] logit of the history's like share (see history_logit)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return replace(self, prompts={k: p.to(device) for k, p in self.prompts.items()}, labels=self.labels.to(device))
+        moved = None if self.history_logit is None else self.history_logit.to(device)
+        return replace(self, prompts={k: p.to(device) for k, p in self.prompts.items()}, labels=self.labels.to(device),
+                       history_logit=moved)
+
+
+def history_logit(rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """Per row, log((liked + 0.5) / (disliked + 0.5)): the history's like share on the logit scale
+    (the +0.5 keeps an empty or one-sided history finite). What ``user_rate`` ranks by."""
+    liked = torch.tensor([float(len(r["liked_ids"])) for r in rows])
+    disliked = torch.tensor([float(len(r["disliked_ids"])) for r in rows])
+    return torch.log((liked + 0.5) / (disliked + 0.5))
 
 
 def stack_audio(arrays: Sequence[np.ndarray], n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,4 +100,5 @@ class Collator:
             labels=torch.tensor([float(r["label"]) for r in rows]),
             sample_ids=[r["sample_id"] for r in rows],
             user_ids=[r["user_id"] for r in rows],
+            history_logit=history_logit(rows),
         )

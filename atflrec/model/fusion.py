@@ -52,7 +52,9 @@ class FusionStrategy(nn.Module):
         """The training stages, in order (a class property: known before any model is built)."""
         raise NotImplementedError
 
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+    def combine(self, outputs: dict[str, PassOutput], history: torch.Tensor | None = None) -> torch.Tensor:
+        """The final margin from each adapter's output (``history``: the rows' history logits,
+        see :func:`atflrec.model.batch.history_logit`; only late fusion with ``history_share`` reads it)."""
         raise NotImplementedError
 
 
@@ -64,7 +66,7 @@ class SingleAdapter(FusionStrategy):
         (name,) = cls.adapters
         return [Stage(name, name, train_encoder=ADAPTER_SEES_AUDIO[name], train_fusion=False)]
 
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+    def combine(self, outputs: dict[str, PassOutput], history: torch.Tensor | None = None) -> torch.Tensor:
         return outputs[self.adapters[0]].margin
 
 
@@ -94,10 +96,26 @@ class AudioOnly(SingleAdapter):
 
 
 class LateFusion(FusionStrategy):
-    """Text and audio adapters trained one after the other, each as its own scorer, then fused."""
+    """Text and audio adapters trained one after the other, each as its own scorer, then fused.
+
+    With ``history_share`` the fused margin also gets ``w * history`` (``w`` learned in the fusion
+    stage, starting at 0): the history's like share, which the prompt lists but a few-shot adapter
+    may not learn to count, and which the non-LLM content baseline sees too.
+    """
 
     adapters = ("text", "audio")
     lora_mode = "separate"
+
+    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+        super().__init__(config, hidden_size)
+        self.history_weight = nn.Parameter(torch.zeros(1)) if config.history_share else None
+
+    def history_term(self, history: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float:
+        if self.history_weight is None:
+            return 0.0
+        if history is None:
+            raise ValueError("this model fuses the history's like share, but the batch carries no history logits")
+        return self.history_weight * history.to(like.dtype)
 
     @classmethod
     def stages(cls) -> list[Stage]:
@@ -117,9 +135,10 @@ class LateWeighted(LateFusion):
         self.weights = nn.Parameter(torch.full((2,), 0.5))
         self.bias = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed cannot broadcast 0-d parameters
 
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+    def combine(self, outputs: dict[str, PassOutput], history: torch.Tensor | None = None) -> torch.Tensor:
         margins = torch.stack([outputs["text"].margin, outputs["audio"].margin], dim=-1)
-        return margins.to(self.weights.dtype) @ self.weights + self.bias
+        fused = margins.to(self.weights.dtype) @ self.weights + self.bias
+        return fused + self.history_term(history, fused)
 
 
 @STRATEGIES.register("late_head")
@@ -138,12 +157,12 @@ class LateHead(LateFusion):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def combine(self, outputs: dict[str, PassOutput]) -> torch.Tensor:
+    def combine(self, outputs: dict[str, PassOutput], history: torch.Tensor | None = None) -> torch.Tensor:
         text, audio = outputs["text"], outputs["audio"]
         dtype = self.head[0].weight.dtype
         features = torch.cat([text.hidden, audio.hidden], dim=-1).to(dtype)
-        average = (text.margin + audio.margin).to(dtype) / 2
-        return average + self.head(features).squeeze(-1)
+        fused = (text.margin + audio.margin).to(dtype) / 2 + self.head(features).squeeze(-1)
+        return fused + self.history_term(history, fused)
 
 
 class FusionConfig(StrictModel):
@@ -152,6 +171,8 @@ class FusionConfig(StrictModel):
         description="fusion strategy: " + ", ".join(STRATEGIES) + " (the paper's best: separate adapters, fused late)",
     )
     head_hidden: int = Field(64, ge=1, description="hidden width of the late_head MLP")
+    history_share: bool = Field(
+        False, description="late fusion also weighs the history's like share (learned weight, starting at 0)")
 
     @field_validator("strategy")
     @classmethod

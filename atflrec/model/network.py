@@ -129,4 +129,4 @@ class ATFLRecModel(nn.Module):
             return self.run_adapter(stage.adapter, batch.prompts[prompt_kind(stage.adapter)]).margin
         with torch.no_grad():  # adapters and encoder are frozen outside their own stage
             outputs = {a: self.run_adapter(a, batch.prompts[prompt_kind(a)]) for a in self.adapters}
-        return self.fusion.combine(outputs)
+        return self.fusion.combine(outputs, batch.history_logit)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from atflrec.model.batch import AUDIO
+from atflrec.model.batch import AUDIO, history_logit
 from atflrec.model.fusion import PassOutput
 from atflrec.model.network import ATFLRecModel, prompt_kind
 from atflrec.model.scoring import answer_margin, probability
@@ -168,5 +168,6 @@ def score_queries(model: ATFLRecModel, queries: Sequence[Query], audio_items: Co
         passes = [run_suffixes(model, prefix, rows[start:start + rows_per_pass], audio)
                   for start in range(0, len(rows), rows_per_pass)]
         outputs[adapter] = PassOutput(torch.cat([p.margin for p in passes]), torch.cat([p.hidden for p in passes]))
-    scores = probability(model.fusion.combine(outputs)).cpu().numpy()
+    history = torch.cat([history_logit([q.history] * len(q.targets)) for q in queries])
+    scores = probability(model.fusion.combine(outputs, history)).cpu().numpy()
     return np.split(scores, np.cumsum([len(q.targets) for q in queries])[:-1])

@@ -47,12 +47,13 @@ def features() -> dict[str, np.ndarray]:
 def model_config(tiny_base: Path) -> Callable[..., Any]:
     from atflrec.model.network import ModelConfig
 
-    def make(strategy: str = "early", pooling: str = "max", tokens_per_item: int = 1) -> ModelConfig:
+    def make(strategy: str = "early", pooling: str = "max", tokens_per_item: int = 1,
+             history_share: bool = False) -> ModelConfig:
         return ModelConfig(
             base_model=str(tiny_base),
             encoder={"n_mels": N_MELS, "width": 16, "layers": 2, "pooling": pooling, "tokens_per_item": tokens_per_item},
             lora={"r": 4, "alpha": 8, "dropout": 0.0},
-            fusion={"strategy": strategy, "head_hidden": 8},
+            fusion={"strategy": strategy, "head_hidden": 8, "history_share": history_share},
         )
 
     return make

@@ -102,3 +102,23 @@ def test_scores_do_not_depend_on_batch_padding(build, rows) -> None:
         together = model(collator(rows))
         alone = torch.cat([model(collator([r])) for r in rows])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["late_weighted", "late_head"])
+def test_history_share_enters_late_fusion_through_one_learned_weight(build, rows, strategy) -> None:
+    """Off, or at its initial weight 0, the history changes nothing; with a weight, the margin moves by
+    weight x log((liked + 0.5) / (disliked + 0.5)) of each row's history."""
+    plain, collator = build(strategy)
+    shared, _ = build(strategy, history_share=True)
+    assert plain.fusion.history_weight is None
+    batch = collator(rows)
+    with torch.no_grad():
+        base = plain.eval()(batch)
+        torch.testing.assert_close(shared.eval()(batch), base)
+        shared.fusion.history_weight.fill_(2.0)
+        moved = shared(batch) - base
+    liked = torch.tensor([2.0, 0.0, 1.0])
+    disliked = torch.tensor([1.0, 2.0, 0.0])
+    torch.testing.assert_close(moved, 2.0 * torch.log((liked + 0.5) / (disliked + 0.5)))
+    fusion_stage = next(s for s in shared.fusion.stages() if s.train_fusion)
+    assert any(p is shared.fusion.history_weight for p in shared.configure_stage(fusion_stage))

@@ -28,14 +28,15 @@ def randomise_trained_parts(model, seed: int = 0) -> None:
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
-def model_config(base: Path, strategy: str, tokens_per_item: int = 2, pooling: str = "max") -> Any:
+def model_config(base: Path, strategy: str, tokens_per_item: int = 2, pooling: str = "max",
+                 history_share: bool = False) -> Any:
     from atflrec.model.network import ModelConfig
 
     return ModelConfig(
         base_model=str(base),
         encoder={"n_mels": N_MELS, "width": 16, "layers": 2, "pooling": pooling, "tokens_per_item": tokens_per_item},
         lora={"r": 4, "alpha": 8, "dropout": 0.0},
-        fusion={"strategy": strategy, "head_hidden": 8},
+        fusion={"strategy": strategy, "head_hidden": 8, "history_share": history_share},
     )
 
 
