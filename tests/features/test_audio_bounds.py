@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,17 @@ def test_a_fifo_named_wav_is_quarantined_not_waited_on(tmp_path: Path) -> None:
         read_regular_file(tmp_path / "audio")  # a directory is not read either
     outcome = _process_item("audio", "", str(tmp_path), N_MELS, 1.0)
     assert outcome.reason == "not-a-file"
+
+
+def test_ffmpeg_decoding_is_bounded_by_max_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MP3/MP4/M4A: ffmpeg is told to stop after max_seconds + 1 s (-t), and more than max_seconds
+    of output is too-long. A stand-in ffmpeg records its arguments and writes 11 s of float32."""
+    args = tmp_path / "args.txt"
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {args}\n{shutil.which("head")} -c {11 * 16000 * 4} /dev/zero\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BadAudio) as caught:
+        featurise_file(b"ID3 pretend mp3", ".mp3", N_MELS, clip_seconds=2.0, max_seconds=10)
+    assert caught.value.reason == "too-long"
+    assert " -t 11.000 " in f" {args.read_text().strip()} "
