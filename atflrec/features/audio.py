@@ -34,7 +34,9 @@ cost more than a normal clip):
 * ffmpeg (MP3/MP4/M4A) decodes at most ``max_seconds`` plus one second (``-t``), under a timeout;
   anything longer is ``too-long``;
 * a path that is not a regular file (FIFO, device, directory) is refused before it is read
-  (``not-a-file``, see :func:`read_regular_file`): reading a FIFO would block for ever.
+  (``not-a-file``, see :func:`read_regular_file`): reading a FIFO would block for ever; offline, a
+  file over ``max_audio_bytes`` (default 2 GiB) is refused unread (``too-large``; serving has its
+  own ``limits.max_audio_bytes``, answered 413).
 
 Every problem raises :class:`BadAudio` with a short reason code (``REASONS``) and a detail; the
 pipeline quarantines the item with both and serving answers 422 naming the ``audio`` field.
@@ -71,6 +73,7 @@ MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
 MAX_CHANNELS = 32
 MAX_AUDIO_SECONDS = 600.0  # default of max_audio_seconds (feature config and serving limits)
+MAX_AUDIO_BYTES = 2 * 1024**3  # default of the feature config's max_audio_bytes (serving has its own)
 MAX_RESAMPLE_TERM = 1000  # largest reduced source term of an exact resampling ratio (see the docstring)
 LOWPASS_FILTER_WIDTH, ROLLOFF = 6, 0.99  # torchaudio.functional.resample's defaults, used as they are
 READ_BLOCK_FRAMES = 1 << 16
@@ -89,6 +92,7 @@ REASONS: dict[str, str] = {
     "sample-rate": f"sample rate outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz",
     "channels": f"more than {MAX_CHANNELS} channels",
     "too-long": "declares (or decodes to) more than max_audio_seconds of audio; refused before decoding",
+    "too-large": "the file is larger than max_audio_bytes; refused before reading",
     "non-finite": "NaN or infinite samples",
     "too-short": "shorter than one 25 ms analysis frame",
     "silent": "the kept segment is digital silence (peak <= one 16-bit step)",
@@ -137,10 +141,11 @@ class _Window:
     offset: int
 
 
-def read_regular_file(path: str | Path) -> bytes:
+def read_regular_file(path: str | Path, max_bytes: int | None = None) -> bytes:
     """The bytes of ``path``, refusing anything but a regular file (``not-a-file``) without blocking:
     opened non-blocking (a FIFO opens at once instead of waiting for a writer), then checked with
-    fstat on the open descriptor. ``FileNotFoundError``/``OSError`` pass through."""
+    fstat on the open descriptor; a file over ``max_bytes`` is ``too-large``, unread.
+    ``FileNotFoundError``/``OSError`` pass through."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -153,7 +158,13 @@ def read_regular_file(path: str | Path) -> bytes:
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
         raise BadAudio("not-a-file", f"{Path(path).name} is {kind}")
     with open(fd, "rb", closefd=True) as handle:
-        return handle.read()
+        size = os.fstat(fd).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise BadAudio("too-large", f"{size} bytes; at most max_audio_bytes = {max_bytes}")
+        data = handle.read(max_bytes + 1) if max_bytes is not None else handle.read()
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise BadAudio("too-large", f"more than max_audio_bytes = {max_bytes} bytes")
+    return data
 
 
 def resample_terms(sample_rate: int) -> tuple[int, int]:

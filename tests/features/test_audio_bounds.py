@@ -160,10 +160,18 @@ def test_too_many_channels_are_refused() -> None:
 
 
 def test_max_audio_seconds_is_a_feature_config_key() -> None:
-    assert FeatureConfig().max_audio_seconds == 600.0
+    assert FeatureConfig().max_audio_seconds == 600.0 and FeatureConfig().max_audio_bytes == 2 * 1024**3
     assert FeatureConfig(max_audio_seconds=30).max_audio_seconds == 30.0
     with pytest.raises(ValueError, match="max_audio_seconds"):
         FeatureConfig(max_audio_seconds=0)
+
+
+def test_a_file_over_max_audio_bytes_is_quarantined_unread(tmp_path: Path) -> None:
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "big.wav").write_bytes(encode(sines(1.0, 16000), 16000))
+    outcome = _process_item("audio/big.wav", "", str(tmp_path), N_MELS, 1.0, max_bytes=1000)
+    assert (outcome.status, outcome.reason) == ("quarantined", "too-large") and "too-large" in REASONS
+    assert _process_item("audio/big.wav", "", str(tmp_path), N_MELS, 1.0).status == "featurised"
 
 
 @pytest.mark.timeout(60)
