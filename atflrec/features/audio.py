@@ -169,7 +169,7 @@ def read_regular_file(path: str | Path, max_bytes: int | None = None) -> bytes:
 
 def resample_terms(sample_rate: int) -> tuple[int, int]:
     """The reduced ratio ``(orig, new)`` torchaudio resamples ``sample_rate`` -> 16 kHz with:
-    exact when small, else the nearest ratio with ``orig <= MAX_RESAMPLE_TERM`` (docstring)."""
+    exact when small, else the nearest ratio with ``orig <= MAX_RESAMPLE_TERM`` (module docstring)."""
     gcd = math.gcd(sample_rate, SAMPLE_RATE)
     orig, new = sample_rate // gcd, SAMPLE_RATE // gcd
     if orig > MAX_RESAMPLE_TERM or new > 2 * MAX_RESAMPLE_TERM:
@@ -181,13 +181,6 @@ def resample_terms(sample_rate: int) -> tuple[int, int]:
 def _filter_width(orig: int, new: int) -> int:
     """torchaudio's sinc filter reach, in source frames, for the reduced ratio ``orig -> new``."""
     return math.ceil(LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * ROLLOFF))
-
-
-def resample_kernel_elements(orig: int, new: int) -> int:
-    """Elements of torchaudio's sinc kernel for ``resample(x, orig, new)`` (after gcd reduction)."""
-    gcd = math.gcd(orig, new)
-    orig, new = orig // gcd, new // gcd
-    return new * (orig + 2 * _filter_width(orig, new))
 
 
 def _check_format(sample_rate: int, channels: int) -> None:
