@@ -16,7 +16,14 @@ matching several files is an error that asks you to name one):
 media folders (``MicroLens-*_audio*``, ``MicroLens-*_videos``, ``audio``, ``audios``, ``videos``)
     ``<item id>.<ext>``: audio (wav, flac, ogg, mp3) is copied as is; video (mp4, mkv, webm, mov,
     avi) has its soundtrack extracted with ffmpeg to mono 16 kHz WAV, the first
-    ``audio_clip_seconds`` of it. An item with both uses the audio file.
+    ``audio_clip_seconds`` of it. An item with both uses the audio file. Only regular files are
+    used, and a symlink must resolve inside its media folder: one that leads out of it (or to a
+    FIFO, device or folder) is never read, and an item with no other media is skipped as
+    ``unsafe_media`` (an example names the link and its target).
+
+CSV fields are limited to Python's default of 131072 characters (128 KiB; MicroLens fields are
+ids, timestamps, titles and categories); a longer field is a :class:`UserError` naming the file
+and line, not a traceback.
 
 What becomes of each pairs row, in order (every row lands in exactly one bucket, see
 :class:`ImportSummary`): malformed rows are skipped; a repeated (user, item) keeps its earliest
@@ -36,14 +43,17 @@ negatives; the shortfall is counted.
 from __future__ import annotations
 
 import csv
+import os
 import re
+import stat
 import shutil
 import subprocess
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable, Literal, NamedTuple
+from typing import Callable, Iterable, Iterator, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -176,14 +186,15 @@ def import_microlens(src: str | Path, out: str | Path, config: MicroLensImportCo
     pairs = read_pairs(files.pairs, config.timestamp_unit, summary)
     titles = read_keyed_csv(files.titles, TITLE_COLUMNS)
     tags = read_keyed_csv(files.tags, TAG_COLUMNS) if files.tags else {}
-    media = index_media(files.media_dirs)
+    refused: dict[str, str] = {}  # item -> why its only media file(s) were not used
+    media = index_media(files.media_dirs, refused)
     named = {p.item for p in pairs}
     summary.items_named = len(named)
     summary.titles_without_interactions = len(titles.keys() - named)
     fates: dict[str, str] = {}  # item -> why it was not imported
 
     pairs = _dedupe(pairs, summary)
-    pairs = _drop_unusable_items(pairs, titles, media, config, fates, summary)
+    pairs = _drop_unusable_items(pairs, titles, media, config, fates, summary, refused)
     pairs = _min_interactions(pairs, config.min_user_interactions, summary)
     pairs = _sample_users(pairs, config.max_users, np.random.default_rng([config.seed, 0]), summary)
     _prepare_audio_dir(out)
@@ -258,10 +269,23 @@ def _column(header: list[str], names: tuple[str, ...], path: Path) -> int:
     raise UserError(f"{path.name}: no column named {' or '.join(names)} in header {header}")
 
 
+def _csv_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of a CSV file; a malformed file (e.g. a field over ``csv.field_size_limit()``, 128 KiB
+    by default) raises a :class:`UserError` naming the file and line instead of a traceback."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.reader(handle)
+        try:
+            yield from reader
+        except csv.Error as exc:
+            raise UserError(
+                f"{path.name} line {reader.line_num}: {exc} (CSV fields may hold at most "
+                f"{csv.field_size_limit()} characters; is this the right file?)"
+            ) from None
+
+
 def read_pairs(path: Path, unit: str, summary: ImportSummary) -> list[Pair]:
     """Well-formed pairs rows (malformed ones are counted), timestamps in seconds."""
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        rows = csv.reader(handle)
+    with closing(_csv_rows(path)) as rows:  # closes the file even when the header is refused
         header = next(rows, None)
         if header is None:
             raise UserError(f"{path.name} is empty")
@@ -295,8 +319,7 @@ def _parse_pair(row: list[str], columns: list[int]) -> Pair | None:
 
 def read_keyed_csv(path: Path, value_names: tuple[str, ...]) -> dict[str, str]:
     """``id -> value`` from a CSV with or without a header; an unquoted value may hold commas."""
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        rows = [row for row in csv.reader(handle) if row]
+    rows = [row for row in _csv_rows(path) if row]
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     key_col, value_col, width = 0, 1, 2  # headerless: <id>,<value...>
     if any(cell in ITEM_COLUMNS for cell in header):
@@ -312,17 +335,45 @@ def read_keyed_csv(path: Path, value_names: tuple[str, ...]) -> dict[str, str]:
     return values
 
 
-def index_media(dirs: Iterable[Path]) -> dict[str, Path]:
-    """``item id -> media file``, preferring audio over video, then the first folder."""
+def index_media(dirs: Iterable[Path], refused: dict[str, str] | None = None) -> dict[str, Path]:
+    """``item id -> media file``, preferring audio over video, then the first folder.
+
+    Only regular files whose real path lies inside their (resolved) media folder count: a symlink
+    out of the folder, or to a FIFO, device or folder, is never followed; ``refused`` collects
+    ``item id -> why`` for such names (an item that also has a usable file is not refused)."""
     audio: dict[str, Path] = {}
     video: dict[str, Path] = {}
+    problems: dict[str, str] = {}
     for folder in dirs:
+        root = folder.resolve()
         for path in sorted(folder.iterdir()):
             suffix = path.suffix.lower()
             found = audio if suffix in AUDIO_EXTENSIONS else video if suffix in VIDEO_EXTENSIONS else None
-            if found is not None and path.is_file():
+            if found is None:
+                continue
+            problem = _media_problem(path, root)
+            if problem:
+                problems.setdefault(path.stem, problem)
+            else:
                 found.setdefault(path.stem, path)
-    return {**video, **audio}
+    media = {**video, **audio}
+    if refused is not None:
+        refused.update({item: why for item, why in problems.items() if item not in media})
+    return media
+
+
+def _media_problem(path: Path, root: Path) -> str | None:
+    """Why ``path`` may not be read as media of the folder ``root`` (resolved), or None."""
+    try:
+        real = path.resolve(strict=True)
+        mode = os.stat(real).st_mode
+    except (OSError, RuntimeError) as exc:  # dangling link, loop, no permission
+        return f"{path.name}: {type(exc).__name__}: {exc}"
+    if root not in real.parents:
+        return f"{path.name} is a symlink to {real}, outside its media folder {root}"
+    if not stat.S_ISREG(mode):
+        return f"{path.name} is not a regular file"
+    return None
 
 
 # --- filtering ------------------------------------------------------------------------------
@@ -353,9 +404,11 @@ def _drop_unusable_items(
     config: MicroLensImportConfig,
     fates: dict[str, str],
     summary: ImportSummary,
+    refused: dict[str, str] | None = None,
 ) -> list[Pair]:
     """Skip items without a title or media (or needing the absent ffmpeg), and their rows."""
-    reasons = {item: _item_problem(item, titles, media) for item in {p.item for p in pairs}}
+    refused = refused or {}
+    reasons = {item: _item_problem(item, titles, media, refused) for item in {p.item for p in pairs}}
     video_only = sorted(item for item, reason in reasons.items() if reason is None and _is_video(media[item]))
     if video_only and shutil.which("ffmpeg") is None:
         if config.missing_ffmpeg == "error":
@@ -367,7 +420,7 @@ def _drop_unusable_items(
     for item, reason in sorted(reasons.items()):
         if reason is not None:
             fates[item] = reason
-            summary.note(reason, f"item {item!r}")
+            summary.note(reason, f"item {item!r}" + (f" ({refused[item]})" if reason == "unsafe_media" else ""))
     kept = []
     for pair in pairs:
         reason = reasons[pair.item]
@@ -378,11 +431,11 @@ def _drop_unusable_items(
     return kept
 
 
-def _item_problem(item: str, titles: dict[str, str], media: dict[str, Path]) -> str | None:
+def _item_problem(item: str, titles: dict[str, str], media: dict[str, Path], refused: dict[str, str]) -> str | None:
     if not titles.get(item):
         return "no_title"
     if item not in media:
-        return "no_media"
+        return "unsafe_media" if item in refused else "no_media"
     return None
 
 

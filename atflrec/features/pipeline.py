@@ -1,13 +1,16 @@
 """``atflrec features``: a dataset's audio to a Parquet feature store, in parallel with Ray Data.
 
-The driver reads ``items.parquet`` and the store's manifest and hands every item, with the
-content hash stored for it under the current parameters (if any), to one Ray Data
-``map_batches`` stage. Each task, per item: resolves the audio path inside the dataset, reads the
-bytes and hashes them (sha256); an item whose hash matches is skipped, any other is decoded and
-featurised for all Mel-bin counts at once (:mod:`.clip`). A task then writes one part file per
-Mel-bin count and returns one small result row per item, so features never pass through the
-driver. The driver checks that input items = featurised + already stored + quarantined, commits
-the index, ``quarantine.parquet`` and ``manifest.json`` (:mod:`.store`), and returns a summary.
+The driver reads ``items.parquet`` and the store's manifest and hands every item, with the content
+hash stored for it under the current parameters (if any), to one Ray Data ``map_batches`` stage.
+Each task, per item: resolves the audio path inside the dataset, reads the bytes of a regular file
+(a FIFO, device or directory is quarantined as ``not-a-file`` without being read, a file over
+``max_audio_bytes`` as ``too-large``) and hashes them (sha256); an item whose hash matches is skipped, any
+other is decoded within the bounds of :mod:`.audio` (sample-rate range, ``max_audio_seconds``, only
+the centre crop decoded, a bounded resampling kernel) and featurised for all Mel-bin counts at once
+(:mod:`.clip`). A task then writes one part file per Mel-bin count and returns one small result row
+per item, so features never pass through the driver. The driver checks that input items =
+featurised + already stored + quarantined, commits the index, ``quarantine.parquet`` and
+``manifest.json`` (:mod:`.store`), and returns a summary.
 
 Incremental runs: an item is recomputed when its audio bytes or any feature parameter changed
 (the parameter hash covers Mel-bin counts, clip length, Kaldi options and ``FEATURE_VERSION``);
@@ -45,8 +48,8 @@ from pydantic import Field, field_validator
 from atflrec.config import StrictModel
 from atflrec.data.format import DatasetError, UnsafeAudioPath, load_dataset, resolve_audio_path
 from atflrec.features import store
-from atflrec.features.audio import BadAudio, decode
-from atflrec.features.clip import ClipFeatures, clip_samples, featurise_samples
+from atflrec.features.audio import MAX_AUDIO_BYTES, MAX_AUDIO_SECONDS, BadAudio, decode, read_regular_file
+from atflrec.features.clip import ClipFeatures, clip_samples, featurise_decoded
 from atflrec.features.fbank import KALDI_OPTIONS, MAX_MELS, MIN_MELS, SAMPLE_RATE, frame_count
 from atflrec.ray_connect import connect
 
@@ -83,6 +86,14 @@ class FeatureConfig(StrictModel):
     clip_seconds: float = Field(
         4.0, ge=0.025, le=600.0,
         description="clip length in seconds: longer clips keep their centre, shorter ones are padded at the end",
+    )
+    max_audio_seconds: float = Field(
+        MAX_AUDIO_SECONDS, gt=0, le=24 * 3600,
+        description="longest audio accepted, in seconds, as its header declares; longer files are quarantined "
+                    "(too-long) before decoding. Only the centre crop is ever decoded",
+    )
+    max_audio_bytes: int = Field(
+        MAX_AUDIO_BYTES, ge=1, description="largest audio file read, in bytes; larger ones are quarantined (too-large)"
     )
     address: str | None = Field(None, description="Ray cluster address (e.g. auto); unset starts Ray locally")
     batch_size: int = Field(
@@ -166,7 +177,8 @@ class _Outcome:
 
 
 def _process_item(audio_path: str, stored_sha256: str, data_root: str, n_mels: list[int],
-                  clip_seconds: float) -> _Outcome:
+                  clip_seconds: float, max_seconds: float = MAX_AUDIO_SECONDS,
+                  max_bytes: int = MAX_AUDIO_BYTES) -> _Outcome:
     """One item: safe path, bytes, hash, skip-or-featurise; every failure becomes a quarantine reason."""
     try:
         path = resolve_audio_path(data_root, audio_path)
@@ -174,7 +186,9 @@ def _process_item(audio_path: str, stored_sha256: str, data_root: str, n_mels: l
         return _Outcome("quarantined", "unsafe-path", str(exc))
     start = time.perf_counter()
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, max_bytes)  # a FIFO or device is refused, never read (it could block)
+    except BadAudio as exc:
+        return _Outcome("quarantined", exc.reason, f"{audio_path}: {exc.detail}")
     except FileNotFoundError:
         return _Outcome("quarantined", "missing", f"{audio_path} does not exist in the dataset")
     except OSError as exc:
@@ -185,9 +199,9 @@ def _process_item(audio_path: str, stored_sha256: str, data_root: str, n_mels: l
         return _Outcome("skipped", sha256=sha256, read_s=read_s)
     try:
         start = time.perf_counter()
-        samples, rate = decode(data, path.suffix)
+        samples = decode(data, path.suffix, clip_samples(clip_seconds), max_seconds)
         decoded = time.perf_counter()
-        clip = featurise_samples(samples, rate, n_mels, clip_seconds)
+        clip = featurise_decoded(samples, n_mels, clip_seconds)
     except BadAudio as exc:
         return _Outcome("quarantined", exc.reason, exc.detail, sha256, read_s=read_s)
     except Exception as exc:  # one odd file must not fail the whole run: quarantine it, say why
@@ -198,10 +212,12 @@ def _process_item(audio_path: str, stored_sha256: str, data_root: str, n_mels: l
 
 
 def _featurise_batch(batch: pa.Table, *, data_root: str, store_uri: str, n_mels: list[int],
-                     clip_seconds: float, run_id: str) -> pa.Table:
+                     clip_seconds: float, run_id: str, max_seconds: float = MAX_AUDIO_SECONDS,
+                     max_bytes: int = MAX_AUDIO_BYTES) -> pa.Table:
     """Ray Data stage: featurise a batch of items, write its part files, return one row per item."""
     rows = batch.to_pylist()
-    outcomes = [_process_item(r["audio_path"], r["stored_sha256"], data_root, n_mels, clip_seconds) for r in rows]
+    outcomes = [_process_item(r["audio_path"], r["stored_sha256"], data_root, n_mels, clip_seconds, max_seconds,
+                              max_bytes) for r in rows]
     done = [(row, o) for row, o in zip(rows, outcomes) if o.clip is not None]
     part, write_share = None, 0.0
     if done:
@@ -242,7 +258,8 @@ def _run_pipeline(rows: list[dict[str, str]], data_root: str, store_uri: str, co
         batch_size=batch_size,
         batch_format="pyarrow",
         fn_kwargs={"data_root": data_root, "store_uri": store_uri, "n_mels": config.n_mels,
-                   "clip_seconds": config.clip_seconds, "run_id": run_id},
+                   "clip_seconds": config.clip_seconds, "run_id": run_id,
+                   "max_seconds": config.max_audio_seconds, "max_bytes": config.max_audio_bytes},
         num_cpus=1,
     )
     # A single operator: Ray Data's per-operator reservation would only idle CPUs (on 2 CPUs it ran

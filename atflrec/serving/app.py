@@ -209,10 +209,13 @@ class Recommender:
         if body.item_id in self.catalogue:
             raise RequestError(409, "item_id", f"item {body.item_id!r} is already in the catalogue")
         try:
-            features = await asyncio.to_thread(self.catalogue.featurise, audio, "." + body.audio_format)
+            features = await asyncio.to_thread(self.catalogue.featurise, audio, "." + body.audio_format,
+                                               self.args.limits.max_audio_seconds)
         except BadAudio as exc:
             raise RequestError(422, "audio",
                                f"cannot use this {body.audio_format} audio: {exc.reason} ({exc.detail})") from None
+        except MemoryError:  # the audio bounds should make this unreachable; never a 500 if not
+            raise RequestError(413, "audio", "decoding this audio needs more memory than the replica has") from None
         try:
             self.catalogue.add(body.item_id, body.title, body.tags, features)
         except ItemExists as exc:

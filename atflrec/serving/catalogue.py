@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atflrec.errors import UserError
+from atflrec.features.audio import MAX_AUDIO_SECONDS
 from atflrec.features.clip import featurise_file
 
 COLD_SCHEMA = pa.schema(
@@ -84,11 +85,12 @@ class Catalogue:
         """Features by item id (a live view: cold items appear in it when added)."""
         return self._features[n_mels]
 
-    def featurise(self, audio: bytes, suffix: str) -> dict[int, np.ndarray]:
+    def featurise(self, audio: bytes, suffix: str, max_seconds: float = MAX_AUDIO_SECONDS) -> dict[int, np.ndarray]:
         """An upload's features for every kept Mel-bin count, stored like the feature store's.
 
-        Raises :class:`~atflrec.features.audio.BadAudio` for audio that cannot be used."""
-        clip = featurise_file(audio, suffix, sorted(self._features), self.clip_seconds)
+        Raises :class:`~atflrec.features.audio.BadAudio` for audio that cannot be used (the feature
+        store's bounds: sample-rate range, at most ``max_seconds`` declared, crop before resampling)."""
+        clip = featurise_file(audio, suffix, sorted(self._features), self.clip_seconds, max_seconds)
         return {n: f[: clip.n_frames].astype(np.float16) for n, f in clip.features.items()}
 
     def add(self, item_id: str, title: str, tags: Sequence[str], features: dict[int, np.ndarray]) -> None:

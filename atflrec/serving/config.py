@@ -30,6 +30,10 @@ class Limits(StrictModel):
     max_candidates: int = Field(1000, ge=1, description="most candidates one /v1/score request may carry")
     max_k: int = Field(100, ge=1, description="largest k of /v1/recommend")
     max_audio_bytes: int = Field(10 * 2**20, ge=1, description="largest cold-start audio upload, in bytes (decoded)")
+    max_audio_seconds: float = Field(
+        600.0, gt=0, le=24 * 3600,  # = atflrec.features.audio.MAX_AUDIO_SECONDS (not imported: no torch here)
+        description="longest cold-start audio, in seconds, as its header declares; refused (422) before decoding",
+    )
 
 
 class Batching(StrictModel):

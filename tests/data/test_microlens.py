@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 from collections import defaultdict
@@ -307,3 +308,37 @@ def test_cli_imports_then_validates(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "15 imported as positives" in capsys.readouterr().out
     assert main(["data", "validate", str(out)]) == 0
     assert main(["data", "import-microlens", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_a_symlink_out_of_the_media_folder_is_never_followed(tmp_path: Path) -> None:
+    """#18 finding 8: a media name linking outside its folder (or to a FIFO) is refused and counted."""
+    src, out = make_microlens(tmp_path / "src"), tmp_path / "out"
+    secret = tmp_path / "secret.wav"
+    sf.write(secret, np.full(1600, 0.5, np.float32), 16000)
+    audio = src / "MicroLens-50k_audio"
+    (audio / "1.wav").unlink()
+    (audio / "1.wav").symlink_to(secret)  # item 1's only media leads out of the folder
+    (audio / "2.wav").unlink()
+    os.mkfifo(audio / "2.wav")  # a FIFO would block a copy for ever
+    (audio / "3.wav").rename(audio / "real3.wav")
+    (audio / "3.wav").symlink_to(audio / "real3.wav")  # a link inside the folder is fine
+
+    summary = import_microlens(src, out, _config())
+    items = load_dataset(out).items.column("item_id").to_pylist()
+    assert "1" not in items and "2" not in items and "3" in items
+    assert summary.items_skipped["unsafe_media"] == 2
+    assert summary.rows_skipped["unsafe_media"] == 4  # items 1 and 2 have two pairs rows each
+    assert any("outside its media folder" in e for e in summary.examples["unsafe_media"])
+    assert any("not a regular file" in e for e in summary.examples["unsafe_media"])
+    assert not any(p.is_symlink() for p in (out / "audio").iterdir())
+    assert all(sf.read(p)[0].std() > 0 for p in (out / "audio").iterdir())  # the constant secret was not copied
+    assert validate_dataset(out).usable
+
+
+@pytest.mark.parametrize("name", ["MicroLens-50k_pairs.csv", "MicroLens-50k_titles.csv"])
+def test_an_oversize_csv_field_is_a_clear_error(tmp_path: Path, name: str) -> None:
+    src = make_microlens(tmp_path / "src")
+    with (src / name).open("a", newline="") as handle:
+        csv.writer(handle).writerow(["u1", "x" * (200 * 1024), "1"])  # one field over csv's 128 KiB limit
+    with pytest.raises(UserError, match=rf"{name} line \d+: field larger than field limit .*131072 characters"):
+        import_microlens(src, tmp_path / "out", _config())

@@ -51,6 +51,9 @@ EXPECTED = {
     "text": "unsupported-format",
     "unknown-ext": "unsupported-format",
     "mp3": None if HAS_FFMPEG else "needs-ffmpeg",
+    "fifo": "not-a-file",  # a FIFO named *.wav: reading it would wait for ever
+    "hours": "too-long",  # a FLAC header declaring 10 hours
+    "rate100": "sample-rate",  # 100 Hz: would be up-sampled 160x
 }
 
 
@@ -87,6 +90,12 @@ def build_mixed_dataset(root: Path, outside: Path, tone, make_dataset) -> dict[s
     (audio / "notes.txt").write_text("not audio\n")
     write(audio / "clip.xyz", tone(1.0), format="WAV")
     write(audio / "song.mp3", tone(1.0), format="MP3", subtype="MPEG_LAYER_III")
+    os.mkfifo(audio / "fifo.wav")
+    write(audio / "hours.flac", tone(1.0), subtype="PCM_16")
+    head = (audio / "hours.flac").read_bytes()
+    bits = int.from_bytes(head[18:26], "big") & ~((1 << 36) - 1) | 10 * 3600 * 16000  # STREAMINFO total samples
+    (audio / "hours.flac").write_bytes(head[:18] + bits.to_bytes(8, "big") + head[26:])
+    write(audio / "rate100.wav", tone(10.0, sample_rate=100), 100)
     make_dataset(root, {
         "long": "audio/long.wav", "short": "audio/short.wav", "mono16": "audio/mono16.wav",
         "stereo44": "audio/stereo44.wav", "flac": "audio/flac.flac", "empty": "audio/empty.wav",
@@ -94,6 +103,7 @@ def build_mixed_dataset(root: Path, outside: Path, tone, make_dataset) -> dict[s
         "silent": "audio/silent.wav", "nan": "audio/nan.wav", "missing": "audio/nowhere.wav",
         "absolute": str(outside / "outside.wav"), "dotdot": "../outside/outside.wav", "symlink": "audio/link.wav",
         "text": "audio/notes.txt", "unknown-ext": "audio/clip.xyz", "mp3": "audio/song.mp3",
+        "fifo": "audio/fifo.wav", "hours": "audio/hours.flac", "rate100": "audio/rate100.wav",
     })
     return clips
 
@@ -177,7 +187,8 @@ def test_stereo_44k_item_matches_its_mono_16k_item(built) -> None:
 def test_incremental_rerun_add_change_and_new_parameters(built, tmp_path: Path, tone, make_dataset) -> None:
     data_src, store_src, _, _ = built
     data, store = tmp_path / "dataset", tmp_path / "store"
-    shutil.copytree(data_src, data, symlinks=True)
+    shutil.copytree(data_src, data, symlinks=True, ignore=shutil.ignore_patterns("fifo.wav"))  # copying waits on it
+    os.mkfifo(data / "audio" / "fifo.wav")
     shutil.copytree(store_src, store)
     config = FeatureConfig(n_mels=N_MELS, clip_seconds=CLIP_SECONDS)
     good = [i for i, r in EXPECTED.items() if r is None]

@@ -24,7 +24,7 @@ from atflrec.training.local import make_collator, predict
 N_MELS = 8
 APP = "atflrec-http-test"
 PREFIX = "/t"
-LIMITS = {"max_history": 6, "max_candidates": 10, "max_k": 50, "max_audio_bytes": 40_000}
+LIMITS = {"max_history": 6, "max_candidates": 10, "max_k": 50, "max_audio_bytes": 40_000, "max_audio_seconds": 30}
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,14 @@ BAD_REQUESTS = [
      422, "audio", "unreadable"),
     ("silent audio", "/v1/items", {"json": {"item_id": "quiet", "title": "t", "audio": "SILENCE"}}, 422, "audio",
      "silent"),
+    # #18 finding 2: audio bombs are refused from the header, before decoding (one code path with the store)
+    ("audio at 100 Hz", "/v1/items", {"json": {"item_id": "slow", "title": "t", "audio": "RATE100"}}, 422, "audio",
+     "sample-rate"),
+    ("audio declaring 10 hours", "/v1/items", {"json": {"item_id": "hours", "title": "t", "audio": "HOURS",
+                                                        "audio_format": "flac"}}, 422, "audio", "too-long"),
+    ("constant FLAC over max_audio_seconds", "/v1/items", {"json": {"item_id": "bomb", "title": "t", "audio": "LONGFLAC",
+                                                                    "audio_format": "flac"}}, 422, "audio",
+     "max_audio_seconds = 30"),
     ("audio not base64", "/v1/items", {"json": {"item_id": "b64", "title": "t", "audio": "%%%not base64%%%"}},
      422, "audio", "base64"),
     ("unsupported audio format", "/v1/items", {"json": {"item_id": "mp3", "title": "t", "audio": "AAAA",
@@ -248,6 +256,15 @@ BAD_REQUESTS = [
 ]
 
 
+def _flac_declaring(seconds: float) -> bytes:
+    """A 0.4 s FLAC whose STREAMINFO claims ``seconds`` of audio (36-bit total-samples field)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, sf.read(io.BytesIO(wav_bytes()), dtype="float32")[0], 16000, format="FLAC")
+    data = buffer.getvalue()
+    bits = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1) | int(seconds * 16000)
+    return data[:18] + bits.to_bytes(8, "big") + data[26:]
+
+
 def _fill(value: Any, ids: list[str]) -> Any:
     """Placeholders in BAD_REQUESTS that need the catalogue's ids or generated audio."""
     silence = io.BytesIO()
@@ -258,6 +275,15 @@ def _fill(value: Any, ids: list[str]) -> Any:
         "BIGAUDIO": base64.b64encode(wav_bytes(seconds=2.0)).decode(),
         "SILENCE": base64.b64encode(silence.getvalue()).decode(), "WAV": base64.b64encode(wav_bytes()).decode(),
     }
+    if value == "RATE100":
+        return base64.b64encode(wav_bytes(seconds=2.0, frequency=10.0, rate=100)).decode()
+    if value == "HOURS":
+        return base64.b64encode(_flac_declaring(10 * 3600)).decode()
+    if value == "LONGFLAC":  # 40 s of a constant: a few KB that decode to 1.3 MB
+        buffer = io.BytesIO()
+        sf.write(buffer, np.full(40 * 8000, 0.25, np.float32), 8000, format="FLAC")
+        assert len(buffer.getvalue()) < LIMITS["max_audio_bytes"]
+        return base64.b64encode(buffer.getvalue()).decode()
     if isinstance(value, dict):
         return {k: _fill(v, ids) for k, v in value.items()}
     if isinstance(value, list):
@@ -269,6 +295,15 @@ def _fill(value: Any, ids: list[str]) -> Any:
 def test_bad_input_gets_a_4xx_naming_the_field(served, what, path, kwargs, status, field, text) -> None:
     response = served["client"].post(path, **_fill(kwargs, sorted(served["titles"])))
     assert_error(response, status, field, text)
+
+
+def test_an_odd_sample_rate_upload_is_accepted_with_bounded_work(served) -> None:
+    """#18 finding 2: 0.5 s at 16001 Hz built a 2 GiB resampling kernel (RSS 2.1 -> 6.2 GB); now the
+    rate ratio is approximated (16001 read as 16000 Hz) and the upload is featurised like any other."""
+    response = served["client"].post("/v1/items", json={
+        "item_id": "odd-rate", "title": "Odd Rate", "audio": base64.b64encode(wav_bytes(0.5, 523.0, 16001)).decode()})
+    assert response.status_code == 201, response.text
+    assert response.json()["n_frames"] > 0
 
 
 def test_the_service_still_answers_after_bad_input(served) -> None:
