@@ -2,7 +2,7 @@
 liked and disliked history, scored by logistic regression (scikit-learn).
 
 Item vectors, fitted on the whole catalogue (item content only, no labels, so cold items are
-described exactly like warm ones):
+described exactly like warm ones) by :mod:`atflrec.item_vectors`:
 - text: TF-IDF of title + tags, reduced by truncated SVD, L2-normalised;
 - audio: per-bin mean and standard deviation of the FBank frames, standardised and reduced by PCA,
   L2-normalised (items without audio get the catalogue mean, i.e. zero).
@@ -23,6 +23,7 @@ from pydantic import Field
 
 from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, labels_of
 from atflrec.baselines.user_rate import like_share
+from atflrec.item_vectors import AudioEncoder, TextEncoder, item_text
 from atflrec.config import ConfigError, StrictModel
 
 
@@ -34,37 +35,6 @@ class ContentSettings(StrictModel):
     audio_dims: int = Field(16, ge=1, description="PCA components of the pooled FBank vectors")
     C: float = Field(0.1, gt=0, description="inverse L2 strength of the logistic regression (few shots: strong)")
     like_share: bool = Field(True, description="also use the history's like share (what user_rate scores by)")
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
-
-
-def text_vectors(texts: list[str], dims: int, seed: int) -> np.ndarray:
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    tfidf = TfidfVectorizer(token_pattern=r"(?u)\b\w+\b").fit_transform(texts)
-    dims = min(dims, tfidf.shape[1] - 1, len(texts) - 1)
-    if dims < 1:
-        return np.zeros((len(texts), 1))
-    return _unit(TruncatedSVD(dims, random_state=seed).fit_transform(tfidf))
-
-
-def audio_vectors(ids: list[str], features: Mapping[str, np.ndarray], dims: int, seed: int) -> np.ndarray:
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    have = [n for n, i in enumerate(ids) if i in features]
-    dims = min(dims, len(have) - 1, 2 * next((features[ids[n]].shape[1] for n in have), 0))
-    if dims < 1:
-        return np.zeros((len(ids), 1))
-    pooled = np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in
-                       (features[ids[n]].astype(np.float64) for n in have)])
-    table = np.zeros((len(ids), dims))  # PCA centres the data: an item without audio sits at the mean
-    table[have] = PCA(dims, random_state=seed).fit_transform(StandardScaler().fit_transform(pooled))
-    return _unit(table)
 
 
 @RECOMMENDERS.register("content")
@@ -81,11 +51,14 @@ class Content(Recommender):
         self.position = {item: n for n, item in enumerate(self.ids)}
         blocks = []
         if self.settings.text:
-            texts = [" ".join([context.items[i].title, *context.items[i].tags]) for i in self.ids]
-            blocks.append(text_vectors(texts, self.settings.text_dims, context.seed))
+            texts = [item_text(context.items[i].title, context.items[i].tags) for i in self.ids]
+            blocks.append(TextEncoder.fit(texts, self.settings.text_dims, context.seed)(texts))
         if self.settings.audio and context.features is not None:
             features = context.features(self.settings.n_mels)
-            blocks.append(audio_vectors(self.ids, features, self.settings.audio_dims, context.seed))
+            frames = [features.get(i) for i in self.ids]
+            encoder = AudioEncoder.fit({i: f for i, f in zip(self.ids, frames) if f is not None},
+                                       self.settings.audio_dims, context.seed)
+            blocks.append(encoder(frames) if encoder is not None else np.zeros((len(self.ids), 1)))
         if not blocks and not self.settings.like_share:
             raise ConfigError("content: no features to use; set text, like_share, or audio with a feature store")
         self.blocks = blocks

@@ -31,9 +31,10 @@ from atflrec.features.audio import BadAudio
 from atflrec.serving.catalogue import Catalogue, ItemExists
 from atflrec.serving.config import DEPLOYMENT, ServeArgs
 from atflrec.serving.prefix import Query
+from atflrec.serving.retrieval import catalogue_index, sync
 from atflrec.serving.schemas import (
-    ErrorResponse, FieldError, Health, HistoryEntry, ItemRequest, ItemResponse, ModelInfo, RecommendRequest,
-    RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse,
+    ErrorResponse, FieldError, Health, HistoryEntry, ItemRequest, ItemResponse, ModelInfo, RecommendedItem,
+    RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse,
 )
 from atflrec.serving.scorer import ServedModel, audio_mels, describe, top_k
 
@@ -106,6 +107,8 @@ class Recommender:
         self.metas = {model_id: read_meta(path) for model_id, path in self.args.models.items()}
         mels = {n for n in map(audio_mels, self.metas.values()) if n is not None}
         self.catalogue = Catalogue.load(self.args.dataset, self.args.features, mels, self.args.items_dir)
+        self.index = catalogue_index(self.args.retrieval, self.catalogue, self.args.dataset, self.args.features,
+                                     self.args.retrieval_index_dir)
         self.batches = self.queries = 0  # model calls and the requests they served (batching at work)
         # The default model loads with the replica, so a ready replica answers without a cold start.
         self._preloaded = {self.args.default_model: self._load(self.args.default_model)}
@@ -181,15 +184,23 @@ class Recommender:
         if body.k > self.args.limits.max_k:
             raise RequestError(422, "k", f"{body.k} is more than limits.max_k = {self.args.limits.max_k}")
         self.catalogue.refresh()
-        seen = {h.item_id for h in body.history}
-        candidates = [item for item in self.catalogue.titles if item not in seen]
-        if not candidates:
+        sync(self.index, self.catalogue)
+        build_query(self.catalogue, body.history, [], "catalogue")  # unknown history ids: a 422 before any work
+        seen = [h.item_id for h in body.history]
+        shortlist = self.index.retrieve([h.item_id for h in body.history if h.liked],
+                                        [h.item_id for h in body.history if not h.liked],
+                                        max(self.args.retrieval.rerank_candidates, body.k), exclude=seen)
+        if not shortlist:
             raise RequestError(422, "history", "the history covers the whole catalogue; nothing is left to recommend")
+        candidates = [item for item, _ in shortlist]
         query = build_query(self.catalogue, body.history, candidates, "catalogue")
         served = await self.get_model(model_id)
         scores = await self._score_batch((served, query))
-        return RecommendResponse(model=served.model_id, items=[
-            ScoredItem(item_id=item, title=self.catalogue.titles[item], score=s)
+        retrieval = {item: (rank, score) for rank, (item, score) in enumerate(shortlist, 1)}
+        return RecommendResponse(model=served.model_id, retrieved=len(shortlist), catalogue_size=len(self.catalogue),
+                                 items=[
+            RecommendedItem(item_id=item, title=self.catalogue.titles[item], score=s,
+                            retrieval_score=retrieval[item][1], retrieval_rank=retrieval[item][0])
             for item, s in top_k(candidates, scores, body.k)
         ])
 
@@ -220,6 +231,7 @@ class Recommender:
             self.catalogue.add(body.item_id, body.title, body.tags, features)
         except ItemExists as exc:
             raise RequestError(409, "item_id", str(exc)) from None
+        sync(self.index, self.catalogue)  # recommendable at once
         return ItemResponse(item_id=body.item_id, title=body.title, tags=body.tags,
                             n_frames=next(iter(features.values())).shape[0], catalogue_size=len(self.catalogue))
 

@@ -40,11 +40,12 @@ class ItemExists(UserError, ValueError):
 
 
 class Catalogue:
-    """Item titles (in catalogue order) and audio features per Mel-bin count."""
+    """Item titles (in catalogue order), tags and audio features per Mel-bin count."""
 
     def __init__(self, titles: dict[str, str], features: dict[int, dict[str, np.ndarray]], clip_seconds: float,
-                 items_dir: str | Path) -> None:
+                 items_dir: str | Path, tags: dict[str, list[str]] | None = None) -> None:
         self.titles = titles
+        self.tags = tags if tags is not None else {}
         self._features = features
         self.clip_seconds = clip_seconds
         self.items_dir = Path(items_dir)
@@ -66,8 +67,10 @@ class Catalogue:
             raise StoreError(f"no feature store at {store!r} (run `atflrec features` first)")
         counts = sorted(set(n_mels)) or [min(manifest["params"]["n_mels"])]
         features = {n: load_features(store, n) for n in counts}
-        titles = dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist()))
-        catalogue = cls(titles, features, manifest["params"]["clip_seconds"], items_dir)
+        ids = items.column("item_id").to_pylist()
+        titles = dict(zip(ids, items.column("title").to_pylist()))
+        tags = dict(zip(ids, items.column("tags").to_pylist()))
+        catalogue = cls(titles, features, manifest["params"]["clip_seconds"], items_dir, tags)
         catalogue.refresh()
         return catalogue
 
@@ -80,6 +83,16 @@ class Catalogue:
     @property
     def cold_items(self) -> int:
         return len(self._cold)
+
+    @property
+    def cold_ids(self) -> list[str]:
+        """Ids of the cold-start items (uploads), sorted."""
+        return sorted(self._cold)
+
+    @property
+    def mel_counts(self) -> list[int]:
+        """The Mel-bin counts whose features this catalogue holds."""
+        return sorted(self._features)
 
     def features(self, n_mels: int) -> dict[str, np.ndarray]:
         """Features by item id (a live view: cold items appear in it when added)."""
@@ -138,4 +151,5 @@ class Catalogue:
                 array = np.frombuffer(row["features"], np.float16).reshape(row["n_frames"], row["n_mels"])
                 self._features[row["n_mels"]][row["item_id"]] = array
             self.titles[row["item_id"]] = row["title"]
+            self.tags[row["item_id"]] = list(row["tags"])
         self._cold.add(path.stem)

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from pydantic import Field, ValidationError, field_validator
 
 from atflrec.config import ConfigError, StrictModel, apply_overrides, build_config, read_yaml
+from atflrec.serving.retrieval import RetrievalConfig
 
 IMPORT_PATH = "atflrec.serving.app:build_app"
 DEPLOYMENT = "Recommender"
@@ -60,6 +61,10 @@ class ServeArgs(StrictModel):
     device: str = Field("auto", description="torch device; auto picks cuda when the replica has a GPU")
     limits: Limits = Field(default_factory=Limits, description="request limits")
     batching: Batching = Field(default_factory=Batching, description="request batching")
+    retrieval: RetrievalConfig = Field(
+        default_factory=RetrievalConfig, description="the retrieval stage of /v1/recommend (the LLM re-ranks its shortlist)")
+    index_dir: str | None = Field(
+        None, description="where the retrieval index is kept (built at the first start); unset: <items_dir>.index")
 
     @field_validator("models")
     @classmethod
@@ -73,6 +78,10 @@ class ServeArgs(StrictModel):
     def default_model(self) -> str:
         return next(iter(self.models))
 
+    @property
+    def retrieval_index_dir(self) -> str:
+        return self.index_dir or f"{self.items_dir.rstrip('/')}.index"
+
     def resolved(self) -> "ServeArgs":
         """Local paths made absolute, so every replica reads the same files whatever its directory."""
         from atflrec.features.store import absolute_uri
@@ -82,6 +91,7 @@ class ServeArgs(StrictModel):
             "models": {k: local(v) for k, v in self.models.items()},
             "dataset": local(self.dataset), "features": absolute_uri(self.features),
             "items_dir": local(self.items_dir),
+            "index_dir": local(self.retrieval_index_dir),
         })
 
 

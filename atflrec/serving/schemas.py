@@ -59,9 +59,16 @@ class ScoreResponse(BaseModel):
     scores: list[ScoredItem] = Field(..., description="one per candidate, in request order")
 
 
+class RecommendedItem(ScoredItem):
+    retrieval_score: float = Field(..., description="the retrieval stage's score (history similarity + popularity)")
+    retrieval_rank: int = Field(..., description="1-based rank in the retrieval shortlist the LLM re-ranked")
+
+
 class RecommendResponse(BaseModel):
     model: str
-    items: list[ScoredItem] = Field(..., description="the top k unseen catalogue items, best first")
+    items: list[RecommendedItem] = Field(..., description="the top k unseen catalogue items by the LLM's score, best first")
+    retrieved: int = Field(..., description="items the retrieval stage shortlisted; the LLM scored exactly these")
+    catalogue_size: int = Field(..., description="items in the catalogue")
 
 
 class ItemResponse(BaseModel):

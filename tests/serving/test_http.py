@@ -19,12 +19,14 @@ from atflrec.features.clip import featurise_file
 from atflrec.features.store import load_features
 from atflrec.model.artifact import load_artifact
 from atflrec.serving.config import ServeArgs
+from atflrec.serving.retrieval import ItemIndex
 from atflrec.training.local import make_collator, predict
 
 N_MELS = 8
 APP = "atflrec-http-test"
 PREFIX = "/t"
 LIMITS = {"max_history": 6, "max_candidates": 10, "max_k": 50, "max_audio_bytes": 40_000, "max_audio_seconds": 30}
+RERANK = 6  # the LLM re-ranks the retrieval stage's 6 best items of the 14-item catalogue
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,8 @@ def served(serve_port, serving_data, artifacts, tmp_path_factory) -> dict[str, A
     args = ServeArgs(models={"early": str(artifacts["early"]), "late": str(artifacts["late_head"])},
                      dataset=str(serving_data["dataset"]), features=str(serving_data["features"]),
                      items_dir=str(tmp_path_factory.mktemp("cold-items")), limits=LIMITS,
-                     batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "rows_per_pass": 4})
+                     batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "rows_per_pass": 4},
+                     retrieval={"rerank_candidates": RERANK, "text_dims": 4, "audio_dims": 4})
     serve.run(make_app(args, {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}), name=APP, route_prefix=PREFIX)
     items = pq.read_table(serving_data["dataset"] / "items.parquet").to_pylist()
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}{PREFIX}", timeout=120) as client:
@@ -129,20 +132,32 @@ def test_the_two_models_really_differ(served) -> None:
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) > 1e-3
 
 
-def test_recommend_ranks_the_unseen_catalogue_like_the_offline_path(served, offline) -> None:
+def test_recommend_reranks_the_retrieval_shortlist_like_the_offline_path(served, offline) -> None:
+    """Two stages: the saved retrieval index shortlists RERANK unseen items, and the served top 5
+    are the offline path's best 5 of exactly that shortlist, with both stages' scores."""
     ids = sorted(served["titles"])
     history = history_of(ids[2:6])
     response = served["client"].post("/v1/recommend", json={"history": history, "k": 5})
     assert response.status_code == 200, response.text
-    items = response.json()["items"]
-    seen = {h["item_id"] for h in history}
-    assert len(items) == 5 and not seen & {i["item_id"] for i in items}
+    body = response.json()
+    items = body["items"]
+    seen = [h["item_id"] for h in history]
+    assert len(items) == 5 and not set(seen) & {i["item_id"] for i in items}
+    assert body["retrieved"] == RERANK and body["catalogue_size"] == len(ids)
     scores = [i["score"] for i in items]
     assert scores == sorted(scores, reverse=True)
-    unseen = [i for i in ids if i not in seen]
-    expected = offline("early", served["titles"], history, unseen)
+    index = ItemIndex.load(served["args"].resolved().retrieval_index_dir)
+    shortlist = index.retrieve([h["item_id"] for h in history if h["liked"]],
+                               [h["item_id"] for h in history if not h["liked"]], RERANK, exclude=seen)
+    assert {i["item_id"] for i in items} <= {item for item, _ in shortlist}
+    rank = {item: (n, score) for n, (item, score) in enumerate(shortlist, 1)}
+    for item in items:
+        assert item["retrieval_rank"] == rank[item["item_id"]][0]
+        assert item["retrieval_score"] == pytest.approx(rank[item["item_id"]][1], abs=1e-5)
+    candidates = [item for item, _ in shortlist]
+    expected = offline("early", served["titles"], history, candidates)
     best = np.argsort(-expected, kind="stable")[:5]
-    assert [i["item_id"] for i in items] == [unseen[b] for b in best]
+    assert [i["item_id"] for i in items] == [candidates[b] for b in best]
     np.testing.assert_allclose(scores, expected[best], atol=1e-4, rtol=0)
 
 
