@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ def serve_and_query(artifact_dir: str | Path, dataset_dir: str | Path, features_
                     port: int = 8000, items_dir: str | Path | None = None,
                     keep_running: bool = False) -> dict[str, Any]:
     """Deploy ``artifact_dir`` on 127.0.0.1:``port`` (joining the running Ray cluster or starting
-    one), send one ``POST /v1/recommend`` for the dataset's most active user, print the answer and
-    delete the application unless ``keep_running``. Returns the URL, the request and the answer."""
+    one), send one ``POST /v1/recommend`` for the dataset's most active user, print the answer, its
+    latency and both stages' scores, and delete the application unless ``keep_running``. Returns the
+    URL, the request and the answer."""
     from ray import serve
 
     from atflrec.ray_connect import connect
@@ -45,11 +47,15 @@ def serve_and_query(artifact_dir: str | Path, dataset_dir: str | Path, features_
     connect(None)
     url = deploy(ServeLaunch(args, http_options={"host": "127.0.0.1", "port": port}))
     request = {"history": example_history(dataset_dir), "k": k}
-    print(f"POST {url}v1/recommend  (history of {len(request['history'])} items, k={k}): the model scores every "
-          "catalogue item the history lacks (on CPU, tens of seconds for the demo's catalogue)", flush=True)
+    print(f"POST {url}v1/recommend  (history of {len(request['history'])} items, k={k})", flush=True)
+    start = time.perf_counter()
     answer = post_json(url + "v1/recommend", request)
+    seconds = time.perf_counter() - start
+    print(f"  {seconds:.1f} s: the retrieval stage shortlisted {answer['retrieved']} of {answer['catalogue_size']} "
+          "items and the LLM re-ranked only those", flush=True)
     for rank, item in enumerate(answer["items"], 1):
-        print(f"  {rank}. {item['item_id']}  {item['title']!r}  P(yes)={item['score']:.3f}")
+        print(f"  {rank}. {item['item_id']}  {item['title']!r}  P(yes)={item['score']:.3f}  "
+              f"(retrieval rank {item['retrieval_rank']}, score {item['retrieval_score']:.3f})")
     if not keep_running:
         serve.delete(APP_NAME)
     return {"url": url, "request": request, "response": answer}

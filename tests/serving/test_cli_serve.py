@@ -47,5 +47,6 @@ def test_the_demo_step_deploys_answers_one_recommend_request_and_tears_down(serv
     items = result["response"]["items"]
     seen = {h["item_id"] for h in result["request"]["history"]}
     assert len(items) == 3 and not seen & {i["item_id"] for i in items}
-    assert "v1/recommend" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "v1/recommend" in out and f"shortlisted {result['response']['retrieved']} of" in out
     assert "atflrec" not in serve.status().applications
