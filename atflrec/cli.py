@@ -269,6 +269,8 @@ def _demo(args: argparse.Namespace) -> int:
     from atflrec.demo import DemoConfig, run_demo
 
     config = _stage_config(args, DemoConfig, ("workdir",))
+    if args.keep_serving:
+        config = config.model_copy(update={"keep_serving": True})
     run_demo(config)
     return 0
 
@@ -419,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
     demo.add_argument("--workdir", help="where the demo writes its outputs")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines for each route")
     _add_config_args(demo)
     demo.set_defaults(handler=_demo)
     return parser

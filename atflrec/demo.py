@@ -6,7 +6,10 @@ demo-sized presets (``configs/demo.yaml`` spells the defaults out) and prints wh
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +49,60 @@ class DemoConfig(StrictModel):
     )
     eval_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the evaluation config")
     serve_port: int = Field(8000, ge=1, le=65535, description="port on 127.0.0.1 where the demo serves the search's best model")
+    keep_serving: bool = Field(False, description="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines")
+    spot_check_rows: int = Field(48, ge=2, description="cold-start rows on which the served model is scored beside user_rate and popularity")
+
+
+def check_port_free(port: int) -> None:
+    """Fail before any work when the demo could not serve at the end (it takes minutes to get there)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(f"port {port} on 127.0.0.1 is in use, and the demo serves its model there at the end: "
+                            f"free it, or choose another port with serve_port=PORT (e.g. serve_port={port + 1})") from None
+
+
+def spot_check(best: Path, dataset: Path, features: str, samples: Path, rows: int, items_dir: Path) -> dict[str, float]:
+    """Cold-start AUC of the served model (through the serving scorer) beside ``user_rate`` and
+    ``popularity`` on the same seeded cold-start rows: is the model any better than the floor?"""
+    import numpy as np
+
+    from atflrec.baselines import Context, build_recommender
+    from atflrec.metrics import auc
+    from atflrec.model.artifact import read_meta
+    from atflrec.samples import few_shot, read_samples
+    from atflrec.serving.catalogue import Catalogue
+    from atflrec.serving.prefix import Query
+    from atflrec.serving.scorer import ServedModel, audio_mels
+
+    table = read_samples(samples, "cold")
+    cold = (few_shot(table, rows, seed=0) if table.num_rows > rows else table).to_pylist()
+    labels = [r["label"] for r in cold]
+    mels = audio_mels(read_meta(best))
+    catalogue = Catalogue.load(str(dataset), features, [mels] if mels else [], str(items_dir))
+    served = ServedModel.load("best", str(best), catalogue)
+    history_keys = ("liked_ids", "liked_titles", "disliked_ids", "disliked_titles")
+    queries = [Query({k: r[k] for k in history_keys}, [(r["item_id"], r["title"])]) for r in cold]
+    result = {"rows": float(len(cold)), "served model": auc(labels, np.concatenate(served.score(queries, 32)))}
+    train = read_samples(samples, "train").to_pylist()
+    for kind in ("user_rate", "popularity"):
+        baseline = build_recommender(kind)
+        baseline.fit(train, Context(items={}))
+        result[kind] = auc(labels, baseline.score(cold))
+    return result
+
+
+def curl_lines(url: str, history: list[dict], candidates: list[str]) -> list[str]:
+    """Ready-to-paste requests for every route of the live endpoint."""
+    body = json.dumps({"history": history, "k": 5})
+    score = json.dumps({"history": history, "candidates": candidates})
+    upload = """{"item_id": "my-song", "title": "My Song", "tags": ["rock"], "audio": "'"$(base64 -w0 my-song.wav)"'"}"""
+    post = "curl -s -X POST -H 'content-type: application/json'"
+    return [f"curl -s {url}healthz", f"curl -s {url}v1/model",
+            f"{post} {url}v1/recommend -d {shlex.quote(body)}", f"{post} {url}v1/score -d {shlex.quote(score)}",
+            f"{post} {url}v1/items -d '{upload}'   # a cold-start item from your own WAV file",
+            f"open {url}docs for the OpenAPI page"]
 
 
 @contextmanager
@@ -72,6 +129,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     from atflrec.training.distributed_config import TrainConfig
     from atflrec.tuning.search import run_search
 
+    check_port_free(config.serve_port)
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "demo_config.yaml").write_text(dump_config(config))
@@ -130,14 +188,33 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
             load_config(EvalConfig, config.eval_config, eval_overrides), workdir / "eval",
             command=f"atflrec evaluate --config {config.eval_config} --out {workdir / 'eval'} " + " ".join(eval_overrides))
 
+    with _stage("served model vs the floor", timings):
+        check = spot_check(outputs["best"], outputs["dataset"], str(outputs["features"]), outputs["samples"],
+                           config.spot_check_rows, workdir / "spot-check-items")
+        print(f"cold-start AUC on {int(check.pop('rows'))} seeded cold-start rows: "
+              + ", ".join(f"{name} {value:.3f}" for name, value in check.items())
+              + "  (the demo's few-shot search is a smoke run: see bench/results/eval for the evaluation)")
+
     with _stage("serve", timings):
-        # Deploys best/ with Ray Serve, asks POST /v1/recommend once over HTTP, then deletes the app.
-        serve_and_query(outputs["best"], outputs["dataset"], str(outputs["features"]), port=config.serve_port,
-                        items_dir=workdir / "serve-items")
+        # Deploys best/ with Ray Serve and asks POST /v1/recommend once over HTTP; the app is deleted
+        # afterwards unless keep_serving.
+        served = serve_and_query(outputs["best"], outputs["dataset"], str(outputs["features"]), port=config.serve_port,
+                                 items_dir=workdir / "serve-items", keep_running=config.keep_serving)
 
     print("\n== summary ==")
     for name, seconds in timings.items():
         print(f"  {name:<16} {seconds:7.1f} s")
     for name, path in outputs.items():
         print(f"  {name:<16} {path}")
+    if config.keep_serving:
+        from atflrec.serving.config import APP_NAME
+        from atflrec.serving.launch import serve_until_interrupted
+
+        history = served["request"]["history"]
+        print(f"\nthe endpoint stays up at {served['url']} (Ctrl-C stops it); try:")
+        for line in curl_lines(served["url"], history, [i["item_id"] for i in served["response"]["items"][:2]]):
+            print(f"  {line}")
+        serve_until_interrupted(APP_NAME)
+    else:
+        print("\nto keep the endpoint up at the end, run `atflrec demo --keep-serving`")
     return outputs

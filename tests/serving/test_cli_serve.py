@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from ray import serve
 
 from atflrec.cli import main
@@ -50,3 +51,31 @@ def test_the_demo_step_deploys_answers_one_recommend_request_and_tears_down(serv
     out = capsys.readouterr().out
     assert "v1/recommend" in out and f"shortlisted {result['response']['retrieved']} of" in out
     assert "atflrec" not in serve.status().applications
+
+
+def test_the_demo_spot_check_scores_the_served_model_beside_the_floor(serving_data, artifacts, tmp_path) -> None:
+    """The served model's cold-start AUC, through the serving scorer, equals the offline path's on
+    the same rows, and user_rate and popularity are scored on those rows too."""
+    import numpy as np
+
+    from atflrec.data.format import load_dataset
+    from atflrec.demo import spot_check
+    from atflrec.metrics import auc
+    from atflrec.model.artifact import load_artifact
+    from atflrec.samples import SampleConfig, make_samples, read_samples
+    from atflrec.training.local import load_item_features, make_collator, predict
+
+    samples = tmp_path / "samples"
+    make_samples(load_dataset(serving_data["dataset"]), samples, SampleConfig(cold_item_fraction=0.4, min_history=0))
+    result = spot_check(artifacts["early"], serving_data["dataset"], str(serving_data["features"]), samples, rows=40,
+                        items_dir=tmp_path / "items")
+    table = read_samples(samples, "cold")
+    assert 2 <= table.num_rows <= 40  # every cold row is used, in file order
+    cold = table.to_pylist()
+    assert set(result) == {"rows", "served model", "user_rate", "popularity"} and result["rows"] == len(cold)
+    assert result["popularity"] == 0.5  # cold items were never seen: they all tie
+    model = load_artifact(artifacts["early"])
+    features = load_item_features(str(serving_data["features"]), model.config.encoder.n_mels, [table])
+    offline = predict(model, cold, make_collator(model, features), batch_size=8)
+    assert result["served model"] == pytest.approx(auc([r["label"] for r in cold], offline), abs=1e-3)
+    assert np.isfinite(result["user_rate"])
