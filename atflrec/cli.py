@@ -232,8 +232,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = quick_config(config)
     command = ["atflrec evaluate"] + ([f"--config {args.config}"] if args.config else [])
     command += [f"--{key} {getattr(args, key)}" for key in shorthands if getattr(args, key) is not None]
-    command += (["--quick"] if args.quick else []) + list(args.overrides)
-    run_evaluation(config, command=" ".join(command))
+    command += (["--quick"] if args.quick else []) + (["--replace"] if args.replace else []) + list(args.overrides)
+    run_evaluation(config, command=" ".join(command), replace=args.replace)
     return 0
 
 
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="dataset directory for titles and tags (default: the samples' source)")
     evaluate.add_argument("--out", help="output directory (a rerun skips finished jobs)")
     evaluate.add_argument("--quick", action="store_true", help="shrink to the config's quick settings (smoke run)")
+    evaluate.add_argument("--replace", action="store_true",
+                          help="write into an --out that holds another configuration's evaluation (else refused)")
     _add_config_args(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
