@@ -127,7 +127,7 @@ def _features(args: argparse.Namespace) -> int:
 
     if args.n_mels is not None:
         args.n_mels = "[" + args.n_mels + "]"  # "40,80" -> YAML list [40,80]
-    config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address"))
+    config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address", "prune"))
     summary = build_feature_store(args.data, args.out, config)
     print(summary.describe())
     return 0
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--n-mels", help="comma-separated Mel-bin counts, e.g. 40,64,80,128")
     features.add_argument("--clip-seconds", type=float, help="crop or pad every clip to this length")
     features.add_argument("--address", help="Ray cluster address (e.g. auto); default starts Ray locally")
+    features.add_argument("--prune", action="store_true", default=None,
+                          help="drop stored items whose audio is missing now and Mel-bin counts not in --n-mels")
     _add_config_args(features)
     features.set_defaults(handler=_features)
 
