@@ -45,6 +45,7 @@ class Limits(StrictModel):
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_REQUEST_TIMEOUT_S = 60.0  # http_options.request_timeout_s when a config sets none
 
 
 class Auth(StrictModel):
@@ -170,6 +171,7 @@ def load_serve_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
             raise ConfigError(f"{source}: unknown deployment {deployment.name!r}; the application has {DEPLOYMENT!r}")
         options = deployment.model_dump(exclude_unset=True, exclude={"name"})
     http = schema.http_options.model_dump(exclude_unset=True) if "http_options" in data else {}
+    http.setdefault("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)  # never wait on a request forever
     proxy = data.get("proxy_location")
     return ServeLaunch(require_auth(args, http.get("host", "127.0.0.1"), source), app.name, app.route_prefix or "/",
                        options, http, proxy)

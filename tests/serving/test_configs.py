@@ -82,6 +82,8 @@ def test_binding_beyond_loopback_needs_a_token_unless_disabled(monkeypatch, tmp_
     with pytest.raises(ConfigError, match="no API token is set"):
         load_serve_config(wide)
     assert load_serve_config(wide, ["auth.required=false"]).args.auth.required is False  # open on purpose
+    assert load_serve_config(None, ['models={"m": "/x"}', "dataset=/d", "features=/f"]).http_options == {
+        "request_timeout_s": 60.0}  # a request timeout even without a config file
     monkeypatch.setenv("ATFLREC_API_TOKEN", "secret")
     assert load_serve_config(wide).args.auth.required is True
     monkeypatch.delenv("ATFLREC_API_TOKEN")
