@@ -179,3 +179,45 @@ def test_check_health_fails_when_a_model_or_the_catalogue_cannot_be_read(tmp_pat
                                                    "dataset": str(tmp_path / "no-dataset")})
     with pytest.raises(RuntimeError, match="catalogue"):
         asyncio.run(replica.check_health())
+
+
+def test_the_model_runs_off_the_event_loop() -> None:
+    """#18 finding 4: a batch no longer blocks the replica's event loop (so /healthz, health checks
+    and refusals are answered during it); batching.on_event_loop restores the old behaviour."""
+    import time
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from atflrec.serving.app import Recommender
+
+    class SlowModel:
+        def score(self, queries, rows_per_pass):
+            time.sleep(0.5)  # a forward pass holding its thread
+            return [np.zeros(1) for _ in queries]
+
+    def ticks_during_a_batch(on_event_loop: bool) -> int:
+        replica = SimpleNamespace(batches=0, queries=0, args=ServeArgs(
+            models={"m": "/m"}, dataset="/d", features="/f", batching={"on_event_loop": on_event_loop}))
+        score_batch = Recommender.func_or_class._score_batch.__wrapped__  # the method under @serve.batch
+
+        async def main() -> int:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.02)
+                    ticks += 1
+
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0.05)
+            before = ticks
+            await score_batch(replica, [(SlowModel(), "query")])
+            task.cancel()
+            return ticks - before
+
+        return asyncio.run(main())
+
+    assert ticks_during_a_batch(False) >= 10
+    assert ticks_during_a_batch(True) == 0
