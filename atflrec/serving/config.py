@@ -132,6 +132,8 @@ class ServeArgs(StrictModel):
             "models": {k: local(v) for k, v in self.models.items()},
             "dataset": local(self.dataset), "features": absolute_uri(self.features),
             "items_dir": local(self.items_dir),
+            "auth": self.auth.model_copy(update={"token_file": local(self.auth.token_file)})
+            if self.auth.token_file else self.auth,
         })
 
 
