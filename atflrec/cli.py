@@ -127,7 +127,7 @@ def _features(args: argparse.Namespace) -> int:
 
     if args.n_mels is not None:
         args.n_mels = "[" + args.n_mels + "]"  # "40,80" -> YAML list [40,80]
-    config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address"))
+    config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address", "prune"))
     summary = build_feature_store(args.data, args.out, config)
     print(summary.describe())
     return 0
@@ -232,8 +232,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = quick_config(config)
     command = ["atflrec evaluate"] + ([f"--config {args.config}"] if args.config else [])
     command += [f"--{key} {getattr(args, key)}" for key in shorthands if getattr(args, key) is not None]
-    command += (["--quick"] if args.quick else []) + list(args.overrides)
-    run_evaluation(config, command=" ".join(command))
+    command += (["--quick"] if args.quick else []) + (["--replace"] if args.replace else []) + list(args.overrides)
+    run_evaluation(config, command=" ".join(command), replace=args.replace)
     return 0
 
 
@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--n-mels", help="comma-separated Mel-bin counts, e.g. 40,64,80,128")
     features.add_argument("--clip-seconds", type=float, help="crop or pad every clip to this length")
     features.add_argument("--address", help="Ray cluster address (e.g. auto); default starts Ray locally")
+    features.add_argument("--prune", action="store_true", default=None,
+                          help="drop stored items whose audio is missing now and Mel-bin counts not in --n-mels")
     _add_config_args(features)
     features.set_defaults(handler=_features)
 
@@ -402,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="dataset directory for titles and tags (default: the samples' source)")
     evaluate.add_argument("--out", help="output directory (a rerun skips finished jobs)")
     evaluate.add_argument("--quick", action="store_true", help="shrink to the config's quick settings (smoke run)")
+    evaluate.add_argument("--replace", action="store_true",
+                          help="write into an --out that holds another configuration's evaluation (else refused)")
     _add_config_args(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 

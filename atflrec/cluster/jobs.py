@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shlex
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,12 @@ def auth_token(address: str) -> str | None:
     if default.is_file() and (mode == "token" or _is_local(address)):
         return default.read_text().strip() or None
     return None
+
+
+def cleartext(address: str) -> bool:
+    """Whether a token sent to ``address`` crosses a network unencrypted (http, not loopback)."""
+    scheme = urlsplit(address).scheme if "://" in address else "http"
+    return scheme != "https" and not _is_local(address)
 
 
 def _is_local(address: str) -> bool:
@@ -170,6 +177,10 @@ class Jobs:
 
         self.address = resolve_address(address)
         token = auth_token(self.address)
+        if token and cleartext(self.address):
+            print(f"warning: sending the Ray cluster token to {self.address} over plain http: anyone on the path can "
+                  "read it. Use https (a TLS-terminating ingress or `kubectl port-forward` to 127.0.0.1)",
+                  file=sys.stderr, flush=True)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         with _api_errors(self.address, "connect"), _only_address(self.address):
             self._client = JobSubmissionClient(self.address, headers=headers)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from atflrec.baselines import RECOMMENDERS
 from atflrec.evaluation.config import DEFAULT_VARIANT, EvalConfig, model_settings
+from atflrec.io import atomic_write_text
 
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "summary.json"
@@ -372,7 +373,7 @@ def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
               "the fusion stage trains on cached outputs of the frozen adapters. See `atflrec/baselines/llm.py`.\n",
               "## Plots\n"]
     lines += _plots(out, df, config, models, splits, oracle)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary(main), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary(main), indent=2, sort_keys=True) + "\n")
     path = out / REPORT_FILE
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -33,7 +33,9 @@ import pyarrow.parquet as pq
 from atflrec.baselines import Context, Item, build_recommender
 from atflrec.baselines.base import Row, rows_key
 from atflrec.config import ConfigError, dump_config
+from atflrec.errors import UserError
 from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
+from atflrec.io import atomic_write_bytes, atomic_write_text
 from atflrec.metrics import auc, evaluate_scores, users_with_both_labels
 from atflrec.samples import META_FILE, few_shot, read_samples
 
@@ -202,9 +204,44 @@ def _previous(path: Path) -> dict[tuple, list[dict[str, Any]]]:
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    temporary = path.with_suffix(".tmp")
-    pq.write_table(table, temporary)
-    temporary.replace(path)  # readers never see a half-written file
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(path, buffer.getvalue().to_pybytes())  # readers never see a half-written file
+
+
+CONFIG_FILE = "config.yaml"
+OUR_FILES = (CONFIG_FILE, RUN_FILE, RESULTS_FILE)
+
+
+class EvalOutError(UserError):
+    """``--out`` holds something an evaluation must not overwrite."""
+
+
+def check_out(out: Path, config: EvalConfig, replace: bool = False) -> None:
+    """Refuse an ``out`` holding another configuration's evaluation (unless ``replace``) or files
+    that are not an evaluation's at all (#18 finding 9: ``--quick`` over the committed default
+    evaluation silently replaced it). The same configuration resumes."""
+    import yaml
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EvalOutError(f"--out {out}: exists and is not a directory")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if not any((out / name).is_file() for name in OUR_FILES):
+        raise EvalOutError(f"--out {out}: a non-empty directory without an evaluation in it; name a new directory")
+    written = out / CONFIG_FILE
+    if written.is_file() and not replace:
+        try:
+            same = yaml.safe_load(written.read_text()) == yaml.safe_load(dump_config(config))
+        except (OSError, yaml.YAMLError):
+            same = False
+        if not same:
+            raise EvalOutError(
+                f"--out {out}: holds an evaluation of another configuration ({written}); its results would be "
+                "replaced. Name another --out, or pass --replace to replace them")
 
 
 def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -259,13 +296,18 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, command: str | None = None) -> Path:
-    """Run (or resume) the evaluation into ``out_dir`` (default ``config.out``); returns report.md's path."""
+def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, command: str | None = None,
+                   replace: bool = False) -> Path:
+    """Run (or resume) the evaluation into ``out_dir`` (default ``config.out``); returns report.md's path.
+
+    An ``out_dir`` holding another configuration's evaluation is refused unless ``replace`` (then
+    its rows of jobs this configuration shares are reused, the others dropped)."""
     from atflrec.evaluation.report import write_report
 
     out = Path(out_dir if out_dir is not None else config.out)
+    check_out(out, config, replace)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(config))
+    atomic_write_text(out / CONFIG_FILE, dump_config(config))
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     data = prepare_data(config)
     jobs = plan_jobs(config)
@@ -324,7 +366,7 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
                        for k, v in data.evals.items()},
         "oracle_auc": _oracle(data),
     }
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    atomic_write_text(out / RUN_FILE, json.dumps(run, indent=2) + "\n")
     report = write_report(out, config, run)
     print(f"report: {report}", flush=True)
     return report

@@ -15,7 +15,13 @@ featurised + already stored + quarantined, commits the index, ``quarantine.parqu
 Incremental runs: an item is recomputed when its audio bytes or any feature parameter changed
 (the parameter hash covers Mel-bin counts, clip length, Kaldi options and ``FEATURE_VERSION``);
 a rerun on unchanged input writes no part files. Items that left the dataset, or are now
-quarantined, leave the store. Quarantined items are retried on every run.
+quarantined for bad audio, leave the store. Quarantined items are retried on every run.
+
+What a run never deletes without ``prune`` (#18 finding 6): a stored item whose audio is now
+missing or unreadable keeps its features (an unmounted audio folder must not empty the store; a
+parameter change that cannot recompute such items is refused), and Mel-bin counts the store has
+but ``n_mels`` leaves out are kept (added to the run's counts), since a deployed model may read
+them. One run writes a store at a time (:func:`.store.writer_lock`).
 
 Ray: with ``address`` set, ``ray.init(address=...)`` joins that cluster (token authentication:
 set ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` to the cluster's token); otherwise a local Ray
@@ -56,6 +62,7 @@ from atflrec.ray_connect import connect
 # Bump when a code change alters the features for the same audio and parameters.
 FEATURE_VERSION = 1
 STATUSES = ("featurised", "skipped", "quarantined")
+MISSING_REASONS = ("missing", "unreadable")  # no audio to read now: says nothing about the stored features
 TASK_FEATURE_BYTES = 512 * 1024**2
 
 RESULT_SCHEMA = pa.schema(
@@ -99,6 +106,11 @@ class FeatureConfig(StrictModel):
     batch_size: int = Field(
         64, ge=1, le=4096, description="clips per Ray task; a task writes one part file per Mel-bin count"
     )
+    prune: bool = Field(
+        False,
+        description="drop stored items whose audio is now missing or unreadable, and Mel-bin counts not in "
+                    "n_mels (without it a run only adds and updates)",
+    )
 
     @field_validator("n_mels")
     @classmethod
@@ -124,6 +136,7 @@ class FeatureSummary:
     quarantined: int
     dropped: int
     reasons: dict[str, int] = field(default_factory=dict)
+    kept_without_audio: int = 0
     seconds: float = 0.0
     pipeline_seconds: float = 0.0
 
@@ -137,6 +150,9 @@ class FeatureSummary:
         if self.reasons:
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.reasons.items()))
             lines.append(f"  quarantined: {reasons} (details in {self.store}/{store.QUARANTINE_FILE})")
+        if self.kept_without_audio:
+            lines.append(f"  {self.kept_without_audio} of those already stored kept although their audio is missing or "
+                         "unreadable now (--prune drops them)")
         if self.dropped:
             lines.append(f"  {self.dropped} item(s) left the store (no longer in the dataset, or now quarantined)")
         speed = f" ({rate:.0f} clips/s featurised)" if self.featurised else ""
@@ -318,9 +334,21 @@ def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfi
         raise DatasetError(f"items.parquet repeats item_id(s) {duplicates[:5]}; run `atflrec data validate`")
 
     store_uri = store.absolute_uri(out_uri)
+    with store.writer_lock(store_uri):
+        return _build_locked(data_dir, store_uri, config, dataset, item_ids, audio_paths, started, started_at, run_id)
+
+
+def _build_locked(data_dir: str | Path, store_uri: str, config: FeatureConfig, dataset: Any, item_ids: list[str],
+                  audio_paths: list[str], started: float, started_at: datetime, run_id: str) -> FeatureSummary:
+    previous = store.read_manifest(store_uri)
+    if previous is not None and not config.prune:
+        kept = sorted(set(previous["params"]["n_mels"]) - set(config.n_mels))
+        if kept:
+            print(f"note: keeping the store's {kept}-bin features too (a deployed model may read them; "
+                  "--prune drops them)", flush=True)
+            config = config.model_copy(update={"n_mels": sorted(set(config.n_mels) | set(kept))})
     params = feature_params(config)
     param_hash = _param_hash(params)
-    previous = store.read_manifest(store_uri)
     old_index = store.read_index(store_uri, previous) if previous else store.INDEX_SCHEMA.empty_table()
     same_params = previous is not None and previous["param_hash"] == param_hash
     reusable = {row["item_id"]: row for row in old_index.to_pylist()} if same_params else {}
@@ -340,6 +368,8 @@ def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfi
     statuses = _check_accounting(item_ids, results)
 
     index, quarantine = _split_results(results, reusable)
+    index, quarantine, kept_without_audio = _keep_missing(index, quarantine, old_index, reusable, config.prune,
+                                                          same_params)
     stored_ids = set(index.column("item_id").to_pylist())
     dropped = len(set(old_index.column("item_id").to_pylist()) - stored_ids)
     # Same rows as the live index: keep its file, so an unchanged rerun writes no table at all.
@@ -347,7 +377,11 @@ def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfi
     reasons = dict(Counter(quarantine.column("reason").to_pylist()))
     worker_s = {name: float(np.sum(results.column(name).to_numpy()))
                 for name in ("read_s", "decode_s", "features_s", "write_s")}
-    counts = {"inputs": len(item_ids), **{s: statuses[s] for s in STATUSES}, "dropped": dropped}
+    # Kept items count as already stored (inputs = featurised + skipped + quarantined still holds).
+    statuses["quarantined"] -= kept_without_audio
+    statuses["skipped"] += kept_without_audio
+    counts = {"inputs": len(item_ids), **{s: statuses[s] for s in STATUSES}, "dropped": dropped,
+              "kept_without_audio": kept_without_audio}
     manifest = {
         "store_version": store.STORE_VERSION,
         "params": params,
@@ -372,4 +406,30 @@ def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfi
         store=store_uri, n_mels=config.n_mels, clip_seconds=config.clip_seconds, inputs=len(item_ids),
         featurised=statuses["featurised"], skipped=statuses["skipped"], quarantined=statuses["quarantined"],
         dropped=dropped, reasons=reasons, seconds=time.perf_counter() - started, pipeline_seconds=pipeline_s,
+        kept_without_audio=kept_without_audio,
     )
+
+
+def _keep_missing(index: pa.Table, quarantine: pa.Table, old_index: pa.Table, reusable: dict[str, dict[str, Any]],
+                  prune: bool, same_params: bool) -> tuple[pa.Table, pa.Table, int]:
+    """Without ``prune``: stored items whose audio is missing or unreadable now stay in the index
+    (and out of the quarantine). Their features can only be kept under unchanged parameters: a
+    parameter change that would drop them is refused."""
+    if prune or old_index.num_rows == 0:
+        return index, quarantine, 0
+    stored = set(old_index.column("item_id").to_pylist())
+    rows = quarantine.to_pylist()
+    lost = [r for r in rows if r["item_id"] in stored and r["reason"] in MISSING_REASONS]
+    if not lost:
+        return index, quarantine, 0
+    if not same_params:
+        raise store.StoreError(
+            f"{len(lost)} stored item(s) have no readable audio now (e.g. {lost[0]['path']}: {lost[0]['detail']}); "
+            "the feature parameters changed, so their features cannot be kept or recomputed. Mount the audio, "
+            "or pass --prune to drop them")
+    print(f"warning: {len(lost)} stored item(s) have no readable audio now (e.g. {lost[0]['detail']}); "
+          "their features are kept (--prune drops them)", flush=True)
+    lost_ids = {r["item_id"] for r in lost}
+    kept = pa.Table.from_pylist([reusable[i] for i in sorted(lost_ids)], schema=store.INDEX_SCHEMA)
+    remaining = pa.Table.from_pylist([r for r in rows if r["item_id"] not in lost_ids], schema=store.QUARANTINE_SCHEMA)
+    return pa.concat_tables([index, kept]), remaining, len(lost_ids)

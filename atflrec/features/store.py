@@ -18,14 +18,19 @@ turns them back into an Arrow fixed-shape tensor column without copying.
 
 Writers add part files first and the manifest last; readers follow manifest -> index -> parts,
 so a run that dies half-way leaves the previous store intact, and the next successful run deletes
-the parts nothing refers to. One writer per store at a time.
+the parts nothing refers to. On a local store the index, quarantine and manifest are written to a
+temporary file, fsynced and renamed (:mod:`atflrec.io`), and new parts are fsynced before the
+manifest names them. One writer per store at a time: :func:`writer_lock` (``STORE/.writer.lock``,
+created exclusively, holding host and pid; a lock of a dead process on this host is taken over).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 from typing import Any, Iterable
 
 import numpy as np
@@ -35,9 +40,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from atflrec.errors import UserError
+from atflrec.io import atomic_write_bytes, atomic_write_text, fsync_dir
 
 STORE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".writer.lock"
 QUARANTINE_FILE = "quarantine.parquet"
 
 INDEX_SCHEMA = pa.schema(
@@ -130,19 +137,108 @@ def read_index(store_uri: str, manifest: dict[str, Any]) -> pa.Table:
     return pq.read_table(f"{root}/{manifest['index']}", filesystem=fs, schema=INDEX_SCHEMA)
 
 
+class StoreLocked(StoreError):
+    """Another run is writing this store."""
+
+
+@contextlib.contextmanager
+def writer_lock(store_uri: str):
+    """Hold the store's writer lock for a run (local stores; a remote store has no lock, and the
+    run says so). A second run fails at once, naming the holder, instead of deleting the first
+    run's parts; a lock left by a dead process on this host is taken over."""
+    if "://" in store_uri:
+        print(f"note: {store_uri} is remote: no writer lock; run one `atflrec features` at a time on it", flush=True)
+        yield
+        return
+    root = os.path.abspath(store_uri)
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, LOCK_FILE)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # its writer died: take the lock over
+                continue
+            raise StoreLocked(f"the feature store {root} is being written by another run ({holder or 'unknown'}; "
+                              f"lock file {path}). Wait for it, or delete the lock file if that run is gone") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+            f.flush()
+            os.fsync(f.fileno())
+        break
+    else:
+        raise StoreLocked(f"cannot take the writer lock {path}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _lock_holder(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return buffer.getvalue().to_pybytes()
+
+
 def commit(store_uri: str, manifest: dict[str, Any], index: pa.Table, quarantine: pa.Table) -> None:
     """Make a run's results the store's content, then delete what no longer belongs to it."""
     fs, root = resolve(store_uri)
     fs.create_dir(root, recursive=True)
     index_path = f"{root}/{manifest['index']}"
-    if fs.get_file_info(index_path).type != pafs.FileType.File:
-        pq.write_table(index.cast(INDEX_SCHEMA), index_path, filesystem=fs)
-    pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), f"{root}/{QUARANTINE_FILE}", filesystem=fs)
-    # Write-then-move: readers never see a half-written manifest.
-    temporary = f"{root}/{MANIFEST_FILE}.tmp"
-    with fs.open_output_stream(temporary) as stream:
-        stream.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    fs.move(temporary, f"{root}/{MANIFEST_FILE}")
+    local = isinstance(fs, pafs.LocalFileSystem)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if local:
+        # Durable before the manifest names them: this run's parts, the index, the quarantine.
+        run_id = manifest.get("last_run", {}).get("run_id")
+        for part in sorted(set(index.column("part").to_pylist())):
+            for n_mels in manifest["params"]["n_mels"]:
+                path = os.path.join(root, f"mel{n_mels}", part)
+                if run_id and run_id in part and os.path.isfile(path):
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        for n_mels in manifest["params"]["n_mels"]:
+            fsync_dir(os.path.join(root, f"mel{n_mels}"))
+        if not os.path.isfile(index_path):
+            atomic_write_bytes(index_path, _table_bytes(index.cast(INDEX_SCHEMA)))
+        atomic_write_bytes(f"{root}/{QUARANTINE_FILE}", _table_bytes(quarantine.cast(QUARANTINE_SCHEMA)))
+        atomic_write_text(f"{root}/{MANIFEST_FILE}", text)  # the commit point
+    else:
+        if fs.get_file_info(index_path).type != pafs.FileType.File:
+            pq.write_table(index.cast(INDEX_SCHEMA), index_path, filesystem=fs)
+        pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), f"{root}/{QUARANTINE_FILE}", filesystem=fs)
+        # Write-then-move: readers never see a half-written manifest.
+        temporary = f"{root}/{MANIFEST_FILE}.tmp"
+        with fs.open_output_stream(temporary) as stream:
+            stream.write(text.encode())
+        fs.move(temporary, f"{root}/{MANIFEST_FILE}")
     _collect_garbage(fs, root, manifest, set(index.column("part").to_pylist()))
 
 

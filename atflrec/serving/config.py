@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -35,12 +35,61 @@ class Limits(StrictModel):
         600.0, gt=0, le=24 * 3600,  # = atflrec.features.audio.MAX_AUDIO_SECONDS (not imported: no torch here)
         description="longest cold-start audio, in seconds, as its header declares; refused (422) before decoding",
     )
+    max_body_bytes: int = Field(
+        16 * 2**20, ge=1024,
+        description="largest request body, in bytes; a larger one is refused (413) before it is parsed "
+                    "(a base64 upload of max_audio_bytes needs 4/3 of it plus the JSON around it)",
+    )
+    max_cold_items: int = Field(
+        10_000, ge=0, description="most cold-start items items_dir may hold; a further upload is refused (403)",
+    )
+
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_REQUEST_TIMEOUT_S = 60.0  # http_options.request_timeout_s when a config sets none
+
+
+class Auth(StrictModel):
+    """Bearer-token authentication of the HTTP API (``Authorization: Bearer <token>``).
+
+    The token is read by each replica from ``token_file`` if set, else from the environment variable
+    ``token_env``. ``/healthz``, ``/docs`` and ``/openapi.json`` are always open."""
+
+    token_env: str | None = Field("ATFLREC_API_TOKEN", description="environment variable holding the token")
+    token_file: str | None = Field(None, description="file holding the token (a mounted Kubernetes secret)")
+    scope: Literal["all", "writes"] = Field(
+        "all", description="all: every endpoint but the open ones needs the token; writes: only /v1/items",
+    )
+    required: bool | None = Field(
+        None,
+        description="true: a replica without a token refuses to start; false: serve without one (explicitly "
+                    "unauthenticated); unset: `atflrec serve` requires one when http_options.host is not loopback",
+    )
+
+    def token(self) -> str | None:
+        """The configured token (None: none configured); an unreadable or empty token file is an error."""
+        import os
+
+        if self.token_file:
+            try:
+                token = Path(self.token_file).expanduser().read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"auth.token_file: cannot read {self.token_file!r}: {exc.strerror}") from None
+            if not token:
+                raise ConfigError(f"auth.token_file: {self.token_file!r} is empty")
+            return token
+        return (os.environ.get(self.token_env) or "").strip() or None if self.token_env else None
 
 
 class Batching(StrictModel):
     max_batch_size: int = Field(8, ge=1, description="requests per batched model call (1: no batching)")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
     rows_per_pass: int = Field(32, ge=1, description="candidate suffixes per forward pass")
+    on_event_loop: bool = Field(
+        False,
+        description="run the model on the replica's event loop (faster batching on CPU, but /healthz and every "
+                    "other request wait behind a batch); default: in a worker thread",
+    )
 
 
 class ServeArgs(StrictModel):
@@ -65,6 +114,7 @@ class ServeArgs(StrictModel):
         default_factory=RetrievalConfig, description="the retrieval stage of /v1/recommend (the LLM re-ranks its shortlist)")
     index_dir: str | None = Field(
         None, description="where the retrieval index is kept (built at the first start); unset: <items_dir>.index")
+    auth: Auth = Field(default_factory=Auth, description="bearer-token authentication")
 
     @field_validator("models")
     @classmethod
@@ -92,6 +142,8 @@ class ServeArgs(StrictModel):
             "dataset": local(self.dataset), "features": absolute_uri(self.features),
             "items_dir": local(self.items_dir),
             "index_dir": local(self.retrieval_index_dir),
+            "auth": self.auth.model_copy(update={"token_file": local(self.auth.token_file)})
+            if self.auth.token_file else self.auth,
         })
 
 
@@ -131,5 +183,21 @@ def load_serve_config(path: str | Path | None, overrides: Iterable[str] = ()) ->
             raise ConfigError(f"{source}: unknown deployment {deployment.name!r}; the application has {DEPLOYMENT!r}")
         options = deployment.model_dump(exclude_unset=True, exclude={"name"})
     http = schema.http_options.model_dump(exclude_unset=True) if "http_options" in data else {}
+    http.setdefault("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)  # never wait on a request forever
     proxy = data.get("proxy_location")
-    return ServeLaunch(args, app.name, app.route_prefix or "/", options, http, proxy)
+    return ServeLaunch(require_auth(args, http.get("host", "127.0.0.1"), source), app.name, app.route_prefix or "/",
+                       options, http, proxy)
+
+
+def require_auth(args: ServeArgs, host: str, source: str = "serve config") -> ServeArgs:
+    """Resolve ``auth.required`` for a bind address: unset means required beyond loopback. A
+    required token must be readable here (a missing one fails before deploying)."""
+    required = args.auth.required
+    if required is None:
+        required = host not in LOOPBACK_HOSTS
+    if required and args.auth.token() is None:
+        where = f"the file {args.auth.token_file}" if args.auth.token_file else f"${args.auth.token_env}"
+        raise ConfigError(
+            f"{source}: http_options.host {host!r} is reachable beyond this machine and no API token is set "
+            f"(put one in {where}, or set auth.required=false to serve unauthenticated on purpose)")
+    return args.model_copy(update={"auth": args.auth.model_copy(update={"required": required})})

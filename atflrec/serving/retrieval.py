@@ -64,6 +64,7 @@ class ItemIndex:
         self.search = faiss.IndexFlatIP(self.vectors.shape[1] + 1)
         if self.ids:
             self.search.add(np.column_stack([self.vectors, self.popularity]))
+        self.hidden: set[str] = set()  # deleted from the catalogue: never retrieved until added again
 
     # --- building --------------------------------------------------------------------------------
 
@@ -102,12 +103,24 @@ class ItemIndex:
         self.search.add(np.column_stack([vectors, popularity]))
 
     def add(self, item_id: str, title: str, tags: Sequence[str], frames: np.ndarray | None) -> None:
-        """Index a new item (a cold-start upload: no likes yet, so the mean popularity)."""
+        """Index a new item (a cold-start upload: no likes yet, so the mean popularity); an id deleted
+        earlier and uploaded again gets its new content."""
         if item_id not in self.position:
             self._extend([item_id], [item_text(title, tags)], [frames], np.zeros(1))
+            return
+        row = self.position[item_id]
+        self.vectors[row] = self._vectors([item_text(title, tags)], [frames])[0]
+        self.hidden.discard(item_id)
+        self.search.reset()  # a flat index cannot update one row: add them all again (cheap)
+        self.search.add(np.column_stack([self.vectors, self.popularity]))
+
+    def hide(self, item_id: str) -> None:
+        """Leave an item out of every retrieval (it was deleted from the catalogue)."""
+        if item_id in self.position:
+            self.hidden.add(item_id)
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self.position
+        return item_id in self.position and item_id not in self.hidden
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,7 +139,7 @@ class ItemIndex:
     def retrieve(self, liked: Sequence[str], disliked: Sequence[str], n: int,
                  exclude: Sequence[str] = ()) -> list[tuple[str, float]]:
         """The ``n`` best items by retrieval score (best first), leaving out ``exclude``."""
-        skip = set(exclude)
+        skip = set(exclude) | self.hidden
         wanted = min(n + len(skip), len(self.ids))
         if wanted <= 0:
             return []
@@ -246,7 +259,10 @@ def catalogue_index(config: RetrievalConfig, catalogue: Any, dataset: str, store
 
 
 def sync(index: ItemIndex, catalogue: Any) -> int:
-    """Add the catalogue's items the index lacks (cold-start uploads); returns how many."""
+    """Add the catalogue's items the index lacks (cold-start uploads) and hide those the catalogue
+    no longer has (deleted uploads); returns how many items were added."""
+    for item in [i for i in index.ids if i not in catalogue.titles]:
+        index.hide(item)
     missing = [i for i in catalogue.titles if i not in index]
     features = catalogue.features(index.n_mels if index.n_mels is not None else catalogue.mel_counts[0])
     for item in missing:

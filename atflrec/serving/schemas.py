@@ -87,11 +87,18 @@ class Health(BaseModel):
     models: list[str]
     batches: int = Field(..., description="batched model calls this replica made")
     queries: int = Field(..., description="scoring requests those calls served")
+    bad_items: dict[str, str] = Field(
+        default_factory=dict, description="files in items_dir that were skipped, and why (never fatal)")
+
+
+class DeletedItem(BaseModel):
+    item_id: str
+    catalogue_size: int
 
 
 class ModelInfo(BaseModel):
     model_id: str
-    artifact: str
+    artifact: str = Field(..., description="the artifact directory's name (no absolute paths are shown)")
     base_model: str
     adapters: list[str]
     fusion: str

@@ -73,15 +73,30 @@ class ServedModel:
         return score_queries(self.model, queries, self.audio_items, self.audio, rows_per_pass)
 
 
-def describe(model_id: str, path: str, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``GET /v1/model`` says about one model, from its artifact's description."""
+def _no_paths(value: Any) -> Any:
+    """``value`` with every absolute path replaced by its last component (what a client may see)."""
+    import os
+
+    if isinstance(value, str):
+        return os.path.basename(value.rstrip("/\\")) if os.path.isabs(value) or value.startswith("~") else value
+    if isinstance(value, Mapping):
+        return {k: _no_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_paths(v) for v in value]
+    return value
+
+
+def describe(model_id: str, path: str, meta: Mapping[str, Any], public: bool = False) -> dict[str, Any]:
+    """What ``GET /v1/model`` says about one model, from its artifact's description; ``public``:
+    without absolute paths (the artifact and a local base model by name only)."""
     config = ModelConfig.model_validate(meta["model"])
-    return {
+    info = {
         "model_id": model_id, "artifact": path, "base_model": config.base_model,
         "adapters": list(meta["adapters"]), "fusion": config.fusion.strategy,
         "audio_n_mels": audio_mels(meta), "config": meta["model"], "versions": meta.get("versions", {}),
         "metrics": meta.get("metrics", {}),
     }
+    return _no_paths(info) if public else info
 
 
 def top_k(item_ids: Sequence[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:

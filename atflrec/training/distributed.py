@@ -143,13 +143,59 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
 
 def train(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     """Run (or with ``resume`` continue) a training run; returns its final metrics and paths."""
+    if config.out is not None:
+        check_export_target(config.out)  # refuse a bad --out before training, not after
     return outcome_of(build_trainer(config, resume).fit(), config.out)
 
 
-def export_checkpoint(checkpoint: Any, out: str) -> str:
-    """Copy a checkpoint (an artifact directory, possibly in remote storage) to ``out``, replacing it."""
-    target = Path(out)
+class ExportError(UserError):
+    """``--out`` names a directory an export must not replace."""
+
+
+def check_export_target(out: str) -> Path:
+    """``out`` made absolute, if an export may write there: a new or empty directory, or an earlier
+    export (an artifact: it holds ``atflrec_model.json``). Never the working directory or a parent
+    of it, never a non-empty directory that is not ours (#18 finding 5: ``--out .`` wiped it)."""
+    from atflrec.model.artifact import META_FILE
+
+    target = Path(out).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ExportError(f"--out {out}: is the working directory or one of its parents; name a new directory")
     if target.exists():
-        shutil.rmtree(target)
-    checkpoint.to_directory(str(target))
+        if not target.is_dir():
+            raise ExportError(f"--out {out}: exists and is not a directory")
+        if any(target.iterdir()) and not (target / META_FILE).is_file():
+            raise ExportError(f"--out {out}: a non-empty directory that is not an atflrec artifact; refusing to "
+                              "replace it (name a new or empty directory, or an earlier export)")
+    return target
+
+
+def export_checkpoint(checkpoint: Any, out: str) -> str:
+    """Copy a checkpoint (an artifact directory, possibly in remote storage) to ``out``.
+
+    The copy goes to a temporary sibling, is fsynced, then renamed into place; an earlier export
+    at ``out`` is renamed aside first and removed only after. A kill mid-copy leaves ``out`` as it
+    was (plus a hidden ``.NAME.*.tmp``), never a half-written artifact that replicas would load."""
+    import uuid
+
+    from atflrec.io import fsync_dir, fsync_tree
+
+    target = check_export_target(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex
+    staging = target.with_name(f".{target.name}.{tag}.tmp")
+    try:
+        checkpoint.to_directory(str(staging))
+        fsync_tree(staging)
+        old = target.with_name(f".{target.name}.{tag}.old")
+        if target.exists():
+            target.rename(old)  # ours (checked above): an earlier export, or an empty directory
+        staging.rename(target)
+        fsync_dir(target.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    if old.exists():
+        shutil.rmtree(old)
     return str(target)

@@ -157,9 +157,26 @@ PVC_SPEC = {
     },
 }
 
+LABEL_SELECTOR: Schema = closed({"matchLabels": STRING_MAP}, "matchExpressions matchLabels")
+NETWORK_POLICY_PEER: Schema = closed({"podSelector": LABEL_SELECTOR, "namespaceSelector": LABEL_SELECTOR},
+                                     "ipBlock namespaceSelector podSelector")
+NETWORK_POLICY_PORT: Schema = closed({"protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                                      "port": {"anyOf": [INT32, STRING]}, "endPort": INT32},
+                                     "endPort port protocol")
+# networking.k8s.io/v1 NetworkPolicySpec (Kubernetes core API).
+NETWORK_POLICY_SPEC = closed(
+    {"podSelector": LABEL_SELECTOR, "policyTypes": {"type": "array", "items": {"enum": ["Ingress", "Egress"]}},
+     "ingress": {"type": "array", "items": closed({"from": {"type": "array", "items": NETWORK_POLICY_PEER},
+                                                   "ports": {"type": "array", "items": NETWORK_POLICY_PORT}},
+                                                  "from ports")}},
+    "egress ingress podSelector policyTypes",
+    required=("podSelector",),
+)
+
 SCHEMAS: dict[str, Schema] = {
     "RayCluster": resource("ray.io/v1", "RayCluster", RAY_CLUSTER_SPEC),
     "RayJob": resource("ray.io/v1", "RayJob", RAY_JOB_SPEC),
     "RayService": resource("ray.io/v1", "RayService", RAY_SERVICE_SPEC),
     "PersistentVolumeClaim": resource("v1", "PersistentVolumeClaim", PVC_SPEC),
+    "NetworkPolicy": resource("networking.k8s.io/v1", "NetworkPolicy", NETWORK_POLICY_SPEC),
 }

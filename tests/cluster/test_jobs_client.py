@@ -170,3 +170,16 @@ def test_runtime_env_file_is_checked(tmp_path: Path) -> None:
     wrong_type.write_text("env_vars:\n  A: 1\n")
     with pytest.raises(ConfigError, match="env_vars"):
         load_runtime_env(wrong_type)
+
+
+def test_a_token_over_plain_http_to_another_host_is_warned_about(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """#18 finding 10: the Jobs token travels in a header; over http beyond loopback it is readable."""
+    from atflrec.cluster.jobs import Jobs, cleartext
+
+    assert cleartext("http://10.0.0.5:8265") and cleartext("head.example:8265")
+    assert not cleartext("https://head.example") and not cleartext("http://127.0.0.1:8265") and not cleartext("auto")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
+    with pytest.raises(Exception):  # nothing listens there; the warning comes first
+        Jobs("http://head.invalid:9")  # .invalid never resolves: fails at once
+    assert "over plain http" in capsys.readouterr().err

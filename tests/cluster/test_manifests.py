@@ -33,7 +33,7 @@ from atflrec.config import load_config
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 KUBERAY_FILES = ["shared-storage.yaml", "raycluster.yaml", "rayjob-features.yaml", "rayjob-train.yaml",
-                 "rayjob-tune.yaml", "rayservice.yaml"]
+                 "rayjob-tune.yaml", "rayservice.yaml", "networkpolicy.yaml"]
 OTHER_FILES = ["aws.yaml", "runtime_env.yaml"]  # the launcher config and the runtime env, checked below
 PATH_FLAGS = ("--config", "--space")  # flags whose value is a file shipped in this repository
 CONFIG_MODELS = {  # the config model each verb loads its --config / --space file into
@@ -124,6 +124,55 @@ def test_ray_clusters_fit_this_project(name: str) -> None:
             for volume in volumes.values():
                 if "persistentVolumeClaim" in volume:
                     assert volume["persistentVolumeClaim"]["claimName"] in claims
+
+
+def gibibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi|Ti)", quantity).groups()
+    return float(number) * {"Mi": 1 / 1024, "Gi": 1, "Ti": 1024}[unit]
+
+
+@pytest.mark.parametrize("name", [n for n in KUBERAY_FILES if n.startswith("ray")])
+def test_pods_run_unprivileged_with_bounded_shared_memory(name: str) -> None:
+    """#18 finding 10: non-root, no privilege escalation, no capabilities, seccomp RuntimeDefault;
+    /dev/shm (memory-backed) bounded, with room for Ray's default object store (30 % of memory)."""
+    for doc in documents(name):
+        for pod in pod_specs(ray_cluster_spec(doc)):
+            context = pod["securityContext"]
+            assert context["runAsNonRoot"] is True and context["runAsUser"] != 0
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+            (container,) = pod["containers"]
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"].get("privileged", False) is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            memory = gibibytes(container["resources"]["limits"]["memory"])
+            for volume in pod["volumes"]:
+                if volume.get("emptyDir", {}).get("medium") == "Memory":
+                    assert 0.3 * memory <= gibibytes(volume["emptyDir"]["sizeLimit"]) <= 0.5 * memory, (name, volume)
+
+
+def test_the_serve_port_needs_a_token_and_a_network_policy() -> None:
+    """#18 findings 3 and 10: the RayService requires the API token (from a Secret, on every pod),
+    and a NetworkPolicy admits only named clients to :8000 and only the operator to Ray's dashboard."""
+    (service,) = documents("rayservice.yaml")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert serve_config["applications"][0]["args"]["auth"]["required"] is True
+    (policy,) = documents("networkpolicy.yaml")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    for pod_template in [service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]] + [
+            g["template"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:
+        assert selected.items() <= pod_template["metadata"]["labels"].items()
+        env = {e["name"]: e for e in pod_template["spec"]["containers"][0]["env"]}
+        token = env[serve_config["applications"][0]["args"]["auth"]["token_env"]]
+        assert "secretKeyRef" in token["valueFrom"] and "value" not in token
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    open_ports = set()
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"], "a rule without peers admits everyone"
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if not ports:  # only the cluster's own pods may reach every port
+            assert rule["from"] == [{"podSelector": {"matchLabels": selected}}]
+        open_ports |= ports
+    assert open_ports == {8000, 8265, 52365}
 
 
 def test_raycluster_has_cpu_and_gpu_workers() -> None:

@@ -133,7 +133,7 @@ def test_counts_add_up_in_summary_and_manifest(built) -> None:
     manifest = read_manifest(str(store))
     counts = manifest["last_run"]["counts"]
     assert counts == {"inputs": len(EXPECTED), "featurised": len(good), "skipped": 0,
-                      "quarantined": len(EXPECTED) - len(good), "dropped": 0}
+                      "quarantined": len(EXPECTED) - len(good), "dropped": 0, "kept_without_audio": 0}
     assert manifest["stored_items"] == len(good) and manifest["params"]["n_mels"] == N_MELS
     index = pq.read_table(store / manifest["index"])
     assert sorted(index.column("item_id").to_pylist()) == good
@@ -215,8 +215,9 @@ def test_incremental_rerun_add_change_and_new_parameters(built, tmp_path: Path, 
     assert after["short"].shape == (148, 40) and not np.array_equal(after["short"][:98], before["short"])
     np.testing.assert_array_equal(after["long"], before["long"])
 
-    # A parameter change recomputes every stored item; the old parts are deleted.
-    changed = build_feature_store(data, str(store), FeatureConfig(n_mels=[40], clip_seconds=1.0))
+    # A parameter change recomputes every stored item; the old parts are deleted (and with --prune
+    # the Mel-bin counts left out of n_mels too: without it they are kept, test_store_safety.py).
+    changed = build_feature_store(data, str(store), FeatureConfig(n_mels=[40], clip_seconds=1.0, prune=True))
     assert (changed.featurised, changed.skipped) == (len(good) + 1, 0)
     assert {p.split("/")[0] for p in part_files(store)} == {"mel40"}
     assert load_features(str(store), 40)["long"].shape == (98, 40)

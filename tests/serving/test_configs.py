@@ -19,7 +19,8 @@ CONFIGS = ["serve/local.yaml", "serve/cluster.yaml"]
 
 
 @pytest.mark.parametrize("relative", CONFIGS)
-def test_shipped_serve_config_is_valid_for_serve_and_for_the_app(relative: str) -> None:
+def test_shipped_serve_config_is_valid_for_serve_and_for_the_app(relative: str, monkeypatch) -> None:
+    monkeypatch.setenv("ATFLREC_API_TOKEN", "test-token")  # cluster.yaml requires one
     path = ROOT / relative
     first_line = path.read_text().splitlines()[0]
     assert first_line.startswith(("# atflrec serve ", "# serve deploy ", "# serve run ")), "open with the command"
@@ -36,8 +37,13 @@ def test_shipped_serve_config_is_valid_for_serve_and_for_the_app(relative: str) 
     # A replica must admit a whole batch, or batches never fill (Serve warns about it).
     assert deployment["max_ongoing_requests"] >= args.batching.max_batch_size
 
+    # Hardening (#18): bounded queues answering 503 with Retry-After, a request timeout.
+    assert deployment["max_queued_requests"] > 0 and deployment["backpressure_config"]["retry_after_s"] > 0
+    assert raw["http_options"]["request_timeout_s"] > 0
     launch = load_serve_config(path)
-    assert launch.args == args and launch.name == "atflrec" and launch.route_prefix == "/"
+    loopback = raw["http_options"]["host"] == "127.0.0.1"
+    assert launch.args.auth.required is (False if loopback else True)
+    assert launch.args.model_copy(update={"auth": args.auth}) == args and launch.name == "atflrec" and launch.route_prefix == "/"
     assert launch.deployment_options["autoscaling_config"]["max_replicas"] == scaling["max_replicas"]
     assert launch.http_options["port"] == raw["http_options"]["port"]
 
@@ -64,3 +70,27 @@ def test_bad_args_name_the_key(tmp_path) -> None:
     other.write_text("applications:\n  - name: x\n    import_path: some.module:app\n")
     with pytest.raises(ConfigError, match="expected one application with import_path"):
         load_serve_config(other)
+
+
+def test_binding_beyond_loopback_needs_a_token_unless_disabled(monkeypatch, tmp_path) -> None:
+    """#18 finding 3: a config binding 0.0.0.0 without a token is refused before deploying."""
+    monkeypatch.delenv("ATFLREC_API_TOKEN", raising=False)
+    wide = tmp_path / "wide.yaml"
+    raw = yaml.safe_load((ROOT / "serve/local.yaml").read_text())
+    raw["http_options"]["host"] = "0.0.0.0"
+    wide.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="no API token is set"):
+        load_serve_config(wide)
+    assert load_serve_config(wide, ["auth.required=false"]).args.auth.required is False  # open on purpose
+    assert load_serve_config(None, ['models={"m": "/x"}', "dataset=/d", "features=/f"]).http_options == {
+        "request_timeout_s": 60.0}  # a request timeout even without a config file
+    monkeypatch.setenv("ATFLREC_API_TOKEN", "secret")
+    assert load_serve_config(wide).args.auth.required is True
+    monkeypatch.delenv("ATFLREC_API_TOKEN")
+    token = tmp_path / "token"
+    token.write_text("from-a-file\n")
+    launch = load_serve_config(wide, [f"auth.token_file={token}"])
+    assert launch.args.auth.required is True and launch.args.auth.token() == "from-a-file"
+    token.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_serve_config(wide, [f"auth.token_file={token}"])

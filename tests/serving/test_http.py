@@ -103,7 +103,8 @@ def test_model_description_follows_the_multiplexed_model_id(served, artifacts) -
     client = served["client"]
     default = client.get("/v1/model").json()
     assert default["model_id"] == "early" and default["adapters"] == ["shared"] and default["fusion"] == "early"
-    assert default["artifact"] == str(Path(artifacts["early"]).resolve())
+    assert default["artifact"] == Path(artifacts["early"]).name  # #18 finding 3: no absolute paths
+    assert "/" not in default["base_model"] and str(Path(artifacts["early"]).parent) not in str(default)
     assert default["served_models"] == ["early", "late"] and default["limits"]["max_k"] == LIMITS["max_k"]
     assert {"torch", "transformers", "peft"} <= set(default["versions"])
     late = client.get("/v1/model", headers={"serve_multiplexed_model_id": "late"}).json()

@@ -94,3 +94,16 @@ def test_load_or_build_reuses_a_matching_index_and_rebuilds_a_stale_one(index, t
     index.fingerprint = "g"
     load_or_build(tmp_path / "ix", "g", build)
     assert len(built) == 2 and ItemIndex.load(tmp_path / "ix").fingerprint == "g"
+
+
+def test_a_hidden_item_is_never_retrieved_until_added_again(index) -> None:
+    items, features = planted(np.random.default_rng(0))
+    everything = [i for i, _ in index.retrieve(["i0"], [], n=len(index))]
+    assert "i2" in everything
+    index.hide("i2")
+    assert "i2" not in index and "i2" not in [i for i, _ in index.retrieve(["i0"], [], n=len(index))]
+    index.add("i2", *items["i1"], features["i1"])  # uploaded again, now with jazz content
+    assert "i2" in index
+    np.testing.assert_allclose(index.vectors[index.position["i2"]], index.vectors[index.position["i1"]], atol=1e-5)
+    rock = [i for i, _ in index.retrieve(["i0", "i4"], ["i1", "i3"], n=30, exclude=["i0", "i4", "i1", "i3"])]
+    assert "i2" not in rock  # it is jazz now
