@@ -15,8 +15,7 @@ For each size of ``--shots`` and seed of ``--seeds`` it draws the training rows 
 LoRA text adapter, the Book instruction and prompt) and scores the test rows: all of them, or a
 subsample of ``--max-test-rows`` drawn with ``--test-seed`` (the same rows for every model and
 seed). Beside it, ``user_rate`` scores each row by its history alone, liked / (liked + disliked)
-(0.5 with no history), and needs no training: the registered kind with ``prior: 0``, or
-:func:`user_rate_scores` where that kind is not registered (the same numbers). Metric: AUC over
+(0.5 with no history), and needs no training: the registered kind with ``prior: 0``. Metric: AUC over
 the test rows. GAUC is not meaningful here: every record is its own user with one target.
 
 Writes ``--out`` as ``{"16": {"text_llm": mean AUC over the seeds run, "user_rate": AUC}, ...}``
@@ -60,15 +59,6 @@ BOOK_INPUT = (
 PUBLISHED_TALLREC_BOOK = {"16": 0.5636, "64": 0.6039, "256": 0.6438}
 PUBLISHED_NOTE = ("github.com/SAI990323/TALLRec README 'Main results' (commit c1db29c), TALLRec (ours), book "
                   "columns 56.36 / 60.39 / 64.38; sequential baselines there 48.98-50.20 on Book")
-
-
-def user_rate_scores(rows: Sequence[dict[str, Any]]) -> np.ndarray:
-    """Share of liked items in each row's history; 0.5 for an empty history."""
-    out = []
-    for row in rows:
-        liked, disliked = len(row["liked_ids"]), len(row["disliked_ids"])
-        out.append(liked / (liked + disliked) if liked + disliked else 0.5)
-    return np.array(out, dtype=float)
 
 
 def load_split(data: Path, name: str, work: Path) -> pa.Table:
@@ -169,13 +159,10 @@ def main() -> None:
     longest = max(len(i) for i in ids)
     settings = text_llm_settings(args, longest)
 
-    if "user_rate" in RECOMMENDERS:  # prior 0 and no training rows: the raw share, 0.5 for no history
-        user_rate = build_recommender("user_rate", {"prior": 0.0})
-        user_rate.fit([], Context(items=context_items))
-        rate_scores = user_rate.score(test)
-        rate_source = "build_recommender('user_rate', {'prior': 0.0}), fit on no rows"
-    else:
-        rate_scores, rate_source = user_rate_scores(test), "bench/tallrec.py user_rate_scores (no registered kind)"
+    user_rate = build_recommender("user_rate", {"prior": 0.0})  # the raw share, 0.5 for no history
+    user_rate.fit([], Context(items=context_items))
+    rate_scores = user_rate.score(test)
+    rate_source = "build_recommender('user_rate', {'prior': 0.0}), fit on no rows"
     rate_auc = auc(labels, rate_scores)
     print(f"{len(pool)} valid rows (pool), {len(test)} of {test_all} test rows; user_rate AUC {rate_auc:.4f}",
           flush=True)

@@ -4,17 +4,13 @@ bench/results/badinput.json.)"""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "badinput.py"
+from bench_scripts import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("badinput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("badinput")
 
 
 def test_the_cases_are_hostile_bounded_and_local() -> None:

@@ -4,26 +4,21 @@ in noise leave every score near chance."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from bench_scripts import load_script
 
 from atflrec.data.synth import LikeWeights, SynthConfig
 from atflrec.samples import SampleConfig
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "history_signal.py"
 SHOTS = [64, 256]
 
 
 @pytest.fixture(scope="module")
 def analysis() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("history_signal", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("history_signal")
 
 
 def only(term: str, weight: float = 4.0, noise: float = 0.0, **settings: Any) -> SynthConfig:
