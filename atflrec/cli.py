@@ -103,7 +103,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run: {outcome.run_path}")
     if outcome.resumed_from is not None:
         where = outcome.resumed_from
-        print(f"resumed at stage {where['stage_index']}, epoch {where['epoch']}, step {where['global_step']}")
+        optimizer = "restored" if where.get("optimizer_restored") else "restarted"
+        print(f"resumed at stage {where['stage_index']}, epoch {where['epoch']}, step {where['global_step']} "
+              f"(optimizer state {optimizer})")
     for split, metrics in outcome.metrics.items():
         print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if outcome.exported is not None:

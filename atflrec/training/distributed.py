@@ -26,7 +26,7 @@ from atflrec.samples import SAMPLE_SCHEMA
 from atflrec.training.deepspeed_config import resolve_deepspeed_config
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import cited_item_ids, load_eval_rows, load_item_features, load_train_table
-from atflrec.training.worker import FEATURES, SCORE, eval_dataset_name, train_loop_per_worker
+from atflrec.training.worker import FEATURES, ROW_INDEX, SCORE, eval_dataset_name, train_loop_per_worker
 
 
 class TrainingError(UserError, RuntimeError):
@@ -37,9 +37,10 @@ class TrainingError(UserError, RuntimeError):
 class TrainOutcome:
     run_path: str
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # final splits, best checkpoint
-    history: list[dict[str, Any]] = field(default_factory=list)  # every epoch's report, in order
+    history: list[dict[str, Any]] = field(default_factory=list)  # every validation's report, in order
+    losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, per optimizer step (rank 0's)
     best_checkpoint: str | None = None
-    resumed_from: dict[str, int] | None = None  # stage, epoch and step the last attempt resumed at
+    resumed_from: dict[str, Any] | None = None  # stage, epoch and steps the last attempt resumed at; optimizer_restored
     exported: str | None = None
 
 
@@ -67,7 +68,8 @@ def build_datasets(config: TrainConfig, final_splits: list[str]) -> tuple[dict[s
     evals = {split: load_eval_rows(config, split) for split in ["val", *final_splits]}
     eval_tables = [pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA) for rows in evals.values()]
     features = load_item_features(config.features, config.model.encoder.n_mels, [train, *eval_tables])
-    datasets = {"train": ray.data.from_arrow(train), FEATURES: ray.data.from_arrow(features_table(features))}
+    indexed = train.append_column(ROW_INDEX, pa.array(range(train.num_rows), pa.int64()))  # workers restore the order
+    datasets = {"train": ray.data.from_arrow(indexed), FEATURES: ray.data.from_arrow(features_table(features))}
     for split, table in zip(evals, eval_tables):
         datasets[eval_dataset_name(split)] = ray.data.from_arrow(table)
     return datasets, cited_item_ids([train]), train.num_rows
@@ -130,6 +132,7 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
     outcome = TrainOutcome(run_path=result.path)
     returned = result.return_value or {}
     outcome.history = returned.get("history", [])
+    outcome.losses = returned.get("losses", {})
     outcome.resumed_from = returned.get("resumed_from")
     outcome.metrics = returned.get("metrics", {})
     outcome.best_checkpoint = returned.get("best_checkpoint")

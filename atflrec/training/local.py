@@ -1,22 +1,20 @@
-"""Single-process training and evaluation (no Ray): the core the distributed trainer wraps.
+"""Single-process training and evaluation (no Ray): a run's pieces, around the one stage loop.
 
 Reusable pieces, in the order a run uses them: ``prepare_run`` (few-shot draw, ``load_item_features``,
 ``build_model``, ``fit_audio_normalisation``, ``make_collator``) → ``train_run`` (per stage of the
-fusion strategy: ``make_optimizer`` and ``train_stage``, i.e. micro-batches through ``compute_loss``
-with gradient accumulation) → ``evaluate_run`` → ``save_artifact``. ``train_local`` chains them.
-A Ray Train worker calls the same ``build_model``, ``fit_audio_normalisation``, ``make_collator``,
-``make_batches``, ``compute_loss`` and ``evaluate``, and lets DeepSpeed own the optimizer step and
-gradient accumulation; per-stage trainable parameters come from ``ATFLRecModel.configure_stage``.
+fusion strategy, :class:`~atflrec.training.loop.StageLoop` with validation on the ``val`` split
+when the run scores it) → ``evaluate_run`` → ``save_artifact``. ``train_local`` chains them.
+A Ray Train worker runs the same ``StageLoop`` (:mod:`atflrec.training.worker`), with DeepSpeed's
+engine plugged into its backward and step; per-stage trainable parameters come from
+``ATFLRecModel.configure_stage``.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -26,23 +24,13 @@ from pydantic import Field
 from atflrec.config import ConfigError, StrictModel
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import save_artifact
-from atflrec.model.batch import Batch, Collator
+from atflrec.model.batch import Collator
 from atflrec.model.fusion import Stage
 from atflrec.model.network import ATFLRecModel, ModelConfig
-from atflrec.model.scoring import answer_loss, probability
 from atflrec.samples import SAMPLE_SCHEMA, few_shot, read_samples
-
-
-class OptimConfig(StrictModel):
-    lr: float = Field(1e-4, gt=0, description="learning rate of the LoRA adapters (TALLRec: 1e-4)")
-    encoder_lr: float = Field(1e-3, gt=0, description="learning rate of the audio encoder (trained from scratch)")
-    fusion_lr: float = Field(1e-2, gt=0, description="learning rate of the fusion weights or head")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(8, ge=1, description="samples per micro-batch")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    epochs: int = Field(3, ge=1, description="passes over the training samples, per stage")
-    max_steps: int | None = Field(None, ge=1, description="cap on optimizer steps per stage (smoke runs)")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; unset disables it")
+from atflrec.training.loop import (  # noqa: F401  (re-exported: callers import them from here)
+    OptimConfig, StageLoop, autocast, compute_loss, make_batches, predict,
+)
 
 
 class TrainingSettings(StrictModel):
@@ -72,6 +60,7 @@ class TrainResult:
     losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, per optimizer step
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per eval split
     samples_per_s: dict[str, float] = field(default_factory=dict)  # per stage
+    evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per stage, per validation
     artifact: str | None = None
 
 
@@ -79,12 +68,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def autocast(precision: str, device: torch.device) -> ContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def build_model(config: ModelConfig, seed: int = 0, device: torch.device | str = "cpu",
@@ -129,20 +112,6 @@ def make_collator(model: ATFLRecModel, features: dict[str, np.ndarray]) -> Colla
     return Collator(model.tokenizer, model.config.prompt, model.prompt_kinds, enc.tokens_per_item, enc.n_mels, features)
 
 
-def make_batches(rows: Sequence[dict[str, Any]], batch_size: int, seed: int | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Rows in micro-batches; shuffled with ``seed`` unless it is None."""
-    order = np.arange(len(rows)) if seed is None else np.random.default_rng(seed).permutation(len(rows))
-    for start in range(0, len(rows), batch_size):
-        yield [rows[i] for i in order[start:start + batch_size]]
-
-
-def compute_loss(model: torch.nn.Module, batch: Batch, stage: Stage, precision: str, device: torch.device) -> torch.Tensor:
-    """Cross-entropy over the Yes/No answer for one micro-batch (``model`` may be a wrapper)."""
-    with autocast(precision, device):
-        margin = model(batch, stage)
-    return answer_loss(margin, batch.labels)
-
-
 def make_optimizer(model: ATFLRecModel, stage: Stage, optim: OptimConfig) -> torch.optim.Optimizer:
     """AdamW over exactly the stage's trainable parts, one learning rate per part."""
     model.configure_stage(stage)
@@ -157,48 +126,11 @@ def make_optimizer(model: ATFLRecModel, stage: Stage, optim: OptimConfig) -> tor
 
 
 def train_stage(model: ATFLRecModel, stage: Stage, rows: Sequence[dict[str, Any]], collator: Collator,
-                optim: OptimConfig, precision: str = "fp32", seed: int = 0) -> tuple[list[float], float]:
-    """Train one stage; returns the mean loss of each optimizer step and samples/s."""
-    device = next(model.parameters()).device
-    optimizer = make_optimizer(model, stage, optim)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    model.train()
-    losses: list[float] = []
-    step_loss, micro, seen, start = 0.0, 0, 0, time.perf_counter()
-    for epoch in range(optim.epochs):
-        batches = list(make_batches(rows, optim.batch_size, seed=seed + epoch))
-        for index, chunk in enumerate(batches):
-            batch = collator(chunk).to(device)
-            loss = compute_loss(model, batch, stage, precision, device) / optim.grad_accum
-            loss.backward()
-            step_loss += loss.item()
-            micro += 1
-            seen += len(chunk)
-            if micro == optim.grad_accum or index == len(batches) - 1:  # an epoch's tail steps too
-                if optim.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(step_loss * optim.grad_accum / micro)
-                step_loss, micro = 0.0, 0
-                if optim.max_steps is not None and len(losses) >= optim.max_steps:
-                    return losses, seen / (time.perf_counter() - start)
-    return losses, seen / (time.perf_counter() - start)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, rows: Sequence[dict[str, Any]], collator: Collator, batch_size: int,
-            precision: str = "fp32") -> np.ndarray:
-    """P(Yes) per row, in row order, from the full (fused) model."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    scores = []
-    for chunk in make_batches(rows, batch_size):
-        with autocast(precision, device):
-            scores.append(probability(model(collator(chunk).to(device))).cpu())
-    model.train(was_training)
-    return torch.cat(scores).numpy() if scores else np.zeros(0)
+                optim: OptimConfig, precision: str = "fp32", seed: int = 0, stage_index: int = 0) -> tuple[list[float], float]:
+    """Train one stage with :class:`~atflrec.training.loop.StageLoop`, without validation; returns the
+    mean loss of each optimizer step and samples/s."""
+    result = StageLoop(model, stage, rows, collator, optim, seed=seed, stage_index=stage_index, precision=precision).run()
+    return result.losses, result.samples_per_s
 
 
 def evaluate(model: torch.nn.Module, rows: Sequence[dict[str, Any]], collator: Collator, batch_size: int,
@@ -247,12 +179,20 @@ def prepare_run(config: LocalTrainConfig) -> LocalRun:
 
 
 def train_run(run: LocalRun) -> TrainResult:
-    """Train every stage of the run's fusion strategy in order."""
+    """Train every stage of the run's fusion strategy in order, each validated on ``val`` when the
+    run scores it (best epoch kept, early stopping per ``optim.patience``)."""
     result = TrainResult()
-    for stage in run.model.fusion.stages():
-        losses, speed = train_stage(run.model, stage, run.train_rows, run.collator, run.config.optim,
-                                    run.config.precision, run.config.seed)
+    val = run.eval_rows.get("val") or None
+    if val is None:
+        print("no validation split among eval_splits: every stage keeps its last epoch, no early stopping", flush=True)
+    for index, stage in enumerate(run.model.fusion.stages()):
+        loop = StageLoop(run.model, stage, run.train_rows, run.collator, run.config.optim, seed=run.config.seed,
+                         stage_index=index, precision=run.config.precision, val_rows=val,
+                         eval_batch_size=run.config.eval_batch_size)
+        stage_result = loop.run()
+        losses, speed = stage_result.losses, stage_result.samples_per_s
         result.losses[stage.name], result.samples_per_s[stage.name] = losses, speed
+        result.evaluations[stage.name] = stage_result.evaluations
         print(f"stage {stage.name}: loss {losses[0]:.4f} → {losses[-1]:.4f}, {speed:.1f} samples/s", flush=True)
     run.model.configure_stage(None)
     return result

@@ -1,17 +1,28 @@
-"""The Ray Train worker loop: the local loop's pieces, with DeepSpeed owning step and accumulation.
+"""The Ray Train worker: the one stage loop (:mod:`atflrec.training.loop`) with DeepSpeed's engine in it.
 
 Per stage of the fusion strategy each worker builds a fresh model (same seed on every rank), loads
-what earlier stages trained, wraps it in a DeepSpeed engine over exactly that stage's parameters and
-trains on its shard of the ``train`` dataset. After every epoch all ranks score their slice of the
-validation rows, rank 0 writes a checkpoint (an artifact: only the trained tensors, gathered under
-ZeRO-3, plus ``progress.json``) and every rank reports. A fresh model per stage keeps ZeRO-3 from
-re-partitioning a module it already partitioned.
+what earlier stages trained, and runs :class:`DeepSpeedStageLoop`: the local loop's epochs,
+accumulation, ``max_steps``, learning-rate schedule, validation and early stopping, with the
+engine doing backward and step (the loop tells it where the accumulation boundaries are) and
+validation sharded across ranks. At every validation all ranks score their slice of the ``val``
+rows, rank 0 writes the artifact (only the trained tensors, gathered under ZeRO-3), the loop state
+(``progress.json``) and the stage's best tensors so far (``best.safetensors``), every rank writes
+its optimizer shard (``optimizer-rank<r>.safetensors`` + ``.json``; the torch AdamW state inside
+DeepSpeed's wrapper, so no pickle), and every rank reports: Ray Train merges the files into one
+checkpoint. A fresh model per stage keeps ZeRO-3 from re-partitioning a module it already
+partitioned.
 
-On a restart (a worker died, or ``--resume``) Ray Train hands back the latest checkpoint; training
-continues at the next epoch of the stage it was in. Optimizer moments are not checkpointed (they
-would need DeepSpeed's pickle-based format), so a resumed stage restarts AdamW's moments.
-After the last stage every rank loads the best checkpoint (by validation AUC) into a plain model
-and the final splits are scored with it: the reported test metrics are the exported model's.
+On a restart (a worker died, or ``--resume``) Ray Train hands back the latest checkpoint: the
+stage it was in continues at the next epoch with the same weights, best tensors, early-stopping
+state and AdamW moments (restored when the world size is the one that wrote them; otherwise they
+restart, and the log says so). After the last stage every rank loads the best checkpoint (by
+validation score) into a plain model and the final splits are scored with it: the reported test
+metrics are the exported model's.
+
+What Tune hears: every report carries ``val_auc``, the validation AUC of what the stage trains
+(an adapter's own scores in its stage; the whole model's in a fusion stage or a single-stage
+strategy). ``model_evals``, ASHA's time unit, is only in reports of the last stage, whose scores
+are the whole model's: a separate-adapter trial is compared at a rung only once it is whole.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import json
 import logging
 import math
 import tempfile
-import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,28 +41,31 @@ import torch
 
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import load_weights, save_artifact
-from atflrec.model.fusion import STRATEGIES
+from atflrec.model.batch import Batch
+from atflrec.model.fusion import STRATEGIES, Stage
 from atflrec.model.network import ATFLRecModel
 from atflrec.training.distributed_config import TrainConfig
-from atflrec.training.local import (
-    build_model, compute_loss, fit_audio_normalisation, make_collator, make_optimizer, predict,
+from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
+from atflrec.training.loop import (
+    LoopState, StageLoop, compute_loss, predict, read_optimizer_state, save_optimizer_state, selection_value,
 )
 
 PROGRESS_FILE = "progress.json"
 VAL_SCORES_FILE = "val_scores.json"
+BEST_FILE = "best.safetensors"  # the current stage's best trained tensors so far
 FEATURES, VAL = "features", "val"
+ROW_INDEX = "row_index"  # the train dataset's extra column: each row's place in the training table
 SCORE = "selection_score"
+MODEL_EVALS = "model_evals"  # ASHA's time unit: validations of the whole model (last stage only)
 
 
 @dataclass
-class Progress:
-    """Where a run stands: ``epoch`` epochs of stage ``stage_index`` are done; ``history`` holds
-    every epoch's reported metrics (Ray keeps only the best checkpoints' metrics)."""
+class Progress(LoopState):
+    """The loop state plus ``history`` (every validation's reported metrics; Ray keeps only the best
+    checkpoints' metrics) and ``losses`` (every optimizer step's loss, per stage)."""
 
-    stage_index: int = 0
-    epoch: int = 0
-    global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
 
 
 def eval_dataset_name(split: str) -> str:
@@ -75,10 +89,9 @@ def features_of(shard: Any) -> dict[str, np.ndarray]:
     return features
 
 
-def train_batches(shard: Any, batch_size: int, seed: int) -> Iterator[list[dict[str, Any]]]:
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
-                                    local_shuffle_buffer_size=max(4 * batch_size, 256), local_shuffle_seed=seed):
-        yield batch.to_pylist()
+def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows sorted by their ``row_index`` (see :func:`atflrec.training.distributed.build_datasets`), without it."""
+    return [{k: v for k, v in r.items() if k != ROW_INDEX} for r in sorted(rows, key=lambda r: r[ROW_INDEX])]
 
 
 # --- distributed helpers ------------------------------------------------------------------------
@@ -121,7 +134,7 @@ def all_mean(values: Sequence[float], device: torch.device) -> float:
 
 
 def sharded_predict(model: ATFLRecModel, rows: Sequence[dict[str, Any]], collator: Any, batch_size: int,
-                    rank: int, world: int) -> np.ndarray:
+                    rank: int, world: int, stage: Stage | None = None) -> np.ndarray:
     """P(Yes) of every row, each rank scoring an equal slice (ZeRO-3 needs every rank in every
     forward pass, so the slices are padded to the same length); returned on every rank."""
     import torch.distributed as dist
@@ -130,7 +143,7 @@ def sharded_predict(model: ATFLRecModel, rows: Sequence[dict[str, Any]], collato
         return np.zeros(0)
     per_rank = math.ceil(len(rows) / world)
     padded = list(rows) + [rows[i % len(rows)] for i in range(per_rank * world - len(rows))]
-    mine = predict(model, padded[rank * per_rank:(rank + 1) * per_rank], collator, batch_size)
+    mine = predict(model, padded[rank * per_rank:(rank + 1) * per_rank], collator, batch_size, stage=stage)
     everyone: list[Any] = [None] * world
     dist.all_gather_object(everyone, mine.tolist())
     return np.concatenate([np.asarray(s) for s in everyone])[: len(rows)]
@@ -144,28 +157,21 @@ def score_split(model: ATFLRecModel, rows: Sequence[dict[str, Any]], collator: A
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
-def write_checkpoint(model: ATFLRecModel, directory: Path, progress: Progress, config: TrainConfig,
-                     metrics: dict[str, Any], val_rows: Sequence[dict[str, Any]], val_scores: np.ndarray,
-                     rank: int) -> None:
-    """Rank 0 writes the artifact and progress; every rank takes part in gathering."""
-    with gathered(model):
-        if rank == 0:
-            save_artifact(model, directory, extra={"train": config.model_dump(mode="json"), "metrics": metrics})
-            (directory / PROGRESS_FILE).write_text(json.dumps(asdict(progress)) + "\n")
-            scores = {r["sample_id"]: float(s) for r, s in zip(val_rows, val_scores)}
-            (directory / VAL_SCORES_FILE).write_text(json.dumps(scores) + "\n")
+def optimizer_file(rank: int) -> str:
+    return f"optimizer-rank{rank}"
 
 
 def read_progress(directory: str | Path) -> Progress:
-    return Progress(**json.loads((Path(directory) / PROGRESS_FILE).read_text()))
+    return Progress.from_dict(json.loads((Path(directory) / PROGRESS_FILE).read_text()))
 
 
-def selection_score(val_auc: float, stage_index: int, n_stages: int) -> float:
-    """How checkpoints are ranked (Ray keeps the best by it; the best is exported): validation AUC,
-    minus 1 per stage still to train. AUC lies in [0, 1], so a finished model (all stages trained)
-    always outranks an unfinished one, and within a stage the better epoch ranks higher. An
-    undefined AUC (one class only) counts as 0."""
-    return (0.0 if math.isnan(val_auc) else val_auc) - (n_stages - 1 - stage_index)
+def selection_score(value: float | None, stage_index: int, n_stages: int) -> float:
+    """How checkpoints are ranked (Ray keeps the best by it; the best is exported): the validation
+    score (:func:`~atflrec.training.loop.selection_value`: AUC, or exp(-log loss) where AUC is
+    undefined), minus 1 per stage still to train. The score lies in [0, 1], so a finished model
+    (all stages trained) always outranks an unfinished one, and within a stage the better epoch
+    ranks higher. No score counts as 0."""
+    return (0.0 if value is None or math.isnan(value) else value) - (n_stages - 1 - stage_index)
 
 
 def best_reported_checkpoint() -> Any | None:
@@ -178,8 +184,148 @@ def best_reported_checkpoint() -> Any | None:
 
 # --- the loop --------------------------------------------------------------------------------------
 
+@dataclass
+class Restored:
+    """What a worker reads from the checkpoint it restarts from, before its stage's engine exists."""
+
+    progress: Progress
+    trained: dict[str, torch.Tensor]  # every trained tensor, as the checkpoint left it
+    best: dict[str, torch.Tensor] | None  # the stage's best tensors so far
+    optimizer: tuple[dict[str, Any], dict[str, Any]] | None  # this rank's optimizer state and its metadata
+
+
+class DeepSpeedStageLoop(StageLoop):
+    """The stage loop with a DeepSpeed engine doing backward and step, validation sharded across
+    ranks, and a checkpoint plus a Ray Train report at every validation."""
+
+    def __init__(self, model: ATFLRecModel, stage: Stage, rows: Sequence[dict[str, Any]], collator: Any,
+                 config: TrainConfig, *, ds_config: dict[str, Any], progress: Progress, n_stages: int,
+                 val_rows: Sequence[dict[str, Any]], rank: int, world: int, log: Any) -> None:
+        import deepspeed
+
+        super().__init__(model, stage, rows, collator, config.optim, seed=config.seed, stage_index=progress.stage_index,
+                         precision="fp32",  # DeepSpeed's bf16 casts the module itself; no autocast on top
+                         val_rows=val_rows, eval_batch_size=config.eval_batch_size, state=progress, log=log)
+        self.config, self.progress, self.n_stages, self.rank, self.world = config, progress, n_stages, rank, world
+        self.all_val_rows = list(val_rows)
+        self.trained_names = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+        self.earlier_losses = list(progress.losses.get(stage.name, []))  # steps before a restart
+
+    def train_mode(self) -> None:
+        self.engine.train()
+
+    def forward_loss(self, batch: Batch, boundary: bool) -> torch.Tensor:
+        self.engine.set_gradient_accumulation_boundary(boundary)  # the loop's boundaries, epoch tails included
+        return compute_loss(self.engine, batch, self.stage, self.precision, self.device)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)  # divides by gradient_accumulation_steps, as the local loop does
+
+    def optimizer_step(self) -> None:
+        self.engine.step()  # clips (gradient_clipping) and steps: the loop calls it at boundaries only
+
+    def validation_scores(self) -> np.ndarray:
+        return sharded_predict(self.model, self.val_rows, self.collator, self.eval_batch_size, self.rank, self.world,
+                               self.stage)
+
+    def capture_state(self) -> dict[str, torch.Tensor]:
+        with gathered(self.model):
+            return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n in self.trained_names}
+
+    def restore_state(self, state: dict[str, torch.Tensor]) -> None:
+        import deepspeed
+
+        params = [p for n, p in self.model.named_parameters() if n in state]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if name in state:
+                    param.copy_(state[name].to(param.device, param.dtype))
+
+    @contextmanager
+    def full_param_groups(self) -> Iterator[None]:
+        """ZeRO-3 empties the torch optimizer's param groups between steps (its state is keyed by
+        the fp32 partitions it puts there for a step); put them back while state is saved or loaded."""
+        wrapper = self.engine.optimizer
+        if hasattr(wrapper, "_set_fp32_optimizer_param_groups"):
+            wrapper._set_fp32_optimizer_param_groups()
+            try:
+                yield
+            finally:
+                wrapper._clear_fp32_optimizer_param_groups()
+        else:
+            yield
+
+    def restore_optimizer(self, saved: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
+        """Load this rank's optimizer state from the checkpoint when it was written for this stage,
+        step and world size; returns whether it was."""
+        if saved is None:
+            self.log("resuming without optimizer state (the checkpoint has none): AdamW's moments restart")
+            return False
+        state, meta = saved
+        expected = {"world_size": self.world, "stage_index": self.progress.stage_index, "step": self.progress.step}
+        differs = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+        if differs:
+            self.log(f"resuming without optimizer state ({differs}: (checkpoint, now)): AdamW's moments restart")
+            return False
+        with self.full_param_groups():
+            self.optimizer.load_state_dict(state)
+        return True
+
+    def on_evaluation(self, record: dict[str, Any], scores: np.ndarray | None) -> None:
+        import ray.train
+
+        progress, config, index = self.progress, self.config, self.progress.stage_index
+        progress.losses[self.stage.name] = self.earlier_losses + self.result.losses
+        val = {f"val_{k}": record.get(f"val_{k}", float("nan")) for k in ("auc", "gauc", "log_loss")}
+        value = selection_value({k.removeprefix("val_"): v for k, v in val.items()})
+        metrics = {
+            **{k: v for k, v in record.items() if v is not None and not k.startswith("val_")},
+            "train_loss": all_mean([record["train_loss"]], self.device),
+            "samples_per_s": all_mean([record["samples_per_s"]], self.device) * self.world,
+            **val, SCORE: selection_score(value, index, self.n_stages),
+        }
+        if index == self.n_stages - 1:
+            metrics[MODEL_EVALS] = progress.evaluations
+        progress.history.append(metrics)
+        self.log(f"[{self.stage.name} {progress.epoch}/{config.optim.epochs}] step {progress.global_step}: "
+                 f"loss {metrics['train_loss']:.4f}, val AUC {metrics['val_auc']:.4f}, "
+                 f"{metrics['samples_per_s']:.2f} samples/s", flush=True)
+        scores = np.zeros(0) if scores is None else scores
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            meta = {"world_size": self.world, "stage_index": index, "step": progress.step}
+            with self.full_param_groups():
+                save_optimizer_state(self.optimizer, directory, optimizer_file(self.rank), **meta)
+            with gathered(self.model):
+                if self.rank == 0:
+                    save_artifact(self.model, directory,
+                                  extra={"train": config.model_dump(mode="json"), "metrics": metrics})
+                    (directory / PROGRESS_FILE).write_text(json.dumps(asdict(progress)) + "\n")
+                    by_id = {r["sample_id"]: float(s) for r, s in zip(self.all_val_rows, scores)}
+                    (directory / VAL_SCORES_FILE).write_text(json.dumps(by_id) + "\n")
+            if self.rank == 0 and self.best is not None:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.best.items()}, str(directory / BEST_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint-{index}-{self.stage.name}-epoch{progress.epoch:03d}")
+
+
+def read_restored(checkpoint: Any, model: ATFLRecModel, rank: int) -> Restored:
+    """Progress, trained tensors (loaded through ``model``), best tensors and this rank's optimizer state."""
+    from safetensors.torch import load_file
+
+    with checkpoint.as_directory() as name:
+        directory = Path(name)
+        progress = read_progress(directory)
+        load_weights(model, directory)
+        best = load_file(str(directory / BEST_FILE)) if (directory / BEST_FILE).is_file() else None
+        optimizer = read_optimizer_state(directory, optimizer_file(rank))
+    return Restored(progress, trained_state(model), best, optimizer)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    import deepspeed
     import ray.data
     import ray.train
     import ray.train.torch
@@ -196,8 +342,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device()
     features = features_of(ray.train.get_dataset_shard(FEATURES))
     val_rows = rows_of(ray.train.get_dataset_shard(VAL))
-    train_shard = ray.train.get_dataset_shard("train")
-    optim = config.optim
+    # This worker's rows, read once and held in the training table's order (as the local loop holds
+    # them), whatever order the shard delivered; the loop shuffles them per epoch.
+    train_rows = table_order(rows_of(ray.train.get_dataset_shard("train")))
     log = print if rank == 0 else (lambda *a, **k: None)
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32  # halves host memory for big models
@@ -207,67 +354,50 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         fit_audio_normalisation(model, loop_config["train_items"], features)
         return model
 
-    restored = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()
     progress = Progress()
-    resumed_from: dict[str, int] | None = None  # where this attempt started, when from a checkpoint
+    restored: Restored | None = None
+    resumed_from: dict[str, Any] | None = None  # where this attempt started, when from a checkpoint
     carried: dict[str, torch.Tensor] | None = None  # trained tensors handed from stage to stage
-    if restored is not None:
-        with restored.as_directory() as directory:
-            progress = read_progress(directory)
-            model = fresh_model()
-            load_weights(model, directory)
-            carried = trained_state(model)
-        resumed_from = {"stage_index": progress.stage_index, "epoch": progress.epoch, "global_step": progress.global_step}
+    if checkpoint is not None:
+        restored = read_restored(checkpoint, fresh_model(), rank)
+        progress, carried = restored.progress, restored.trained
+        resumed_from = {"stage_index": progress.stage_index, "epoch": progress.epoch, "step": progress.step,
+                        "global_step": progress.global_step, "optimizer_restored": False, "optimizer_steps": None}
         log(f"resuming at stage {progress.stage_index}, epoch {progress.epoch}, step {progress.global_step}")
+        if progress.stage_done:  # the stage had ended: its best tensors go on to the next stage
+            carried = {**carried, **(restored.best or {})}
+            progress.next_stage()
+            restored = None
 
     stages = STRATEGIES[config.model.fusion.strategy].stages()
     for index, stage in enumerate(stages):
-        first_epoch = progress.epoch if index == progress.stage_index else 0
-        if index < progress.stage_index or first_epoch >= optim.epochs:
+        if index < progress.stage_index:
             continue
         model = fresh_model()
         if carried is not None:
             load_trained_state(model, carried)
-        collator = make_collator(model, features)
-        optimizer = make_optimizer(model, stage, optim)  # also sets which parameters train
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        precision = "fp32"  # DeepSpeed's bf16 casts the module itself; no autocast on top
-        for epoch in range(first_epoch, optim.epochs):
-            engine.train()
-            losses, seen, start = [], 0, time.perf_counter()
-            for rows in train_batches(train_shard, optim.batch_size, seed=config.seed + 1000 * index + epoch):
-                batch = collator(rows).to(device)
-                loss = compute_loss(engine, batch, stage, precision, device)
-                boundary = engine.is_gradient_accumulation_boundary()
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.item())
-                seen += len(rows)
-                progress.global_step += int(boundary)
-            elapsed = time.perf_counter() - start
-            val_metrics, val_scores = score_split(model, val_rows, collator, config, rank, world)
-            progress.stage_index, progress.epoch = index, epoch + 1
-            metrics = {
-                "stage": stage.name, "stage_index": index, "epoch": epoch + 1, "global_step": progress.global_step,
-                "train_loss": all_mean(losses, device), "samples_per_s": all_mean([seen / elapsed], device) * world,
-                **{f"val_{k}": v for k, v in val_metrics.items()},
-                SCORE: selection_score(val_metrics["auc"], index, len(stages)),
-            }
-            progress.history.append(metrics)
-            log(f"[{stage.name} {epoch + 1}/{optim.epochs}] step {progress.global_step}: "
-                f"loss {metrics['train_loss']:.4f}, val AUC {metrics['val_auc']:.4f}, "
-                f"{metrics['samples_per_s']:.2f} samples/s", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                write_checkpoint(model, Path(tmp), progress, config, metrics, val_rows, val_scores, rank)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-                ray.train.report(metrics, checkpoint=checkpoint,
-                                 checkpoint_dir_name=f"checkpoint-{index}-{stage.name}-epoch{epoch + 1:03d}")
+        loop = DeepSpeedStageLoop(model, stage, train_rows, make_collator(model, features), config,
+                                  ds_config=ds_config, progress=progress, n_stages=len(stages), val_rows=val_rows,
+                                  rank=rank, world=world, log=log)
+        if restored is not None:  # continuing the stage the checkpoint was written in
+            loop.best = restored.best
+            resumed_from["optimizer_restored"] = loop.restore_optimizer(restored.optimizer)
+            if resumed_from["optimizer_restored"]:
+                steps = [s.get("step") for s in loop.optimizer.state.values()]
+                resumed_from["optimizer_steps"] = int(steps[0]) if steps and steps[0] is not None else None
+            restored = None
+        loop.run()
         with gathered(model):
             carried = trained_state(model)
-        engine.destroy()
-        del engine, model, optimizer
+        loop.engine.destroy()
+        del loop, model
+        if index < len(stages) - 1:
+            progress.next_stage()
     final = final_evaluation(config, loop_config, features, fresh_model, rank, world)
-    return None if final is None else {**final, "history": progress.history, "resumed_from": resumed_from}
+    if final is None:
+        return None
+    return {**final, "history": progress.history, "losses": progress.losses, "resumed_from": resumed_from}
 
 
 def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features: dict[str, np.ndarray],

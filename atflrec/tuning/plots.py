@@ -82,7 +82,8 @@ def _status_legend(plt, axes) -> None:
 
 def plot_curves(curves: pa.Table, rungs: list[int], out: Path) -> Path:
     """Validation AUC after every report of every trial; an x marks where ASHA stopped a trial,
-    dotted lines the reports at which ASHA compares trials (its rungs)."""
+    dotted lines ASHA's rungs. Rungs count whole-model validations (last-stage reports): for a
+    single-stage strategy that is the report number; a multi-stage trial reaches them later."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     rows = curves.to_pylist()
@@ -99,7 +100,7 @@ def plot_curves(curves: pa.Table, rungs: list[int], out: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("report (one per epoch of each stage; Tune's training_iteration)")
+    axes.set_xlabel("report (one per validation of each stage; dotted: ASHA rungs in whole-model validations)")
     axes.set_ylabel("validation AUC")
     axes.set_title("learning curves (x: stopped by ASHA)")
     _status_legend(plt, axes)

@@ -27,12 +27,12 @@ from atflrec.config import dump_config
 from atflrec.errors import UserError
 from atflrec.model.fusion import STRATEGIES
 from atflrec.training.distributed_config import TrainConfig
-from atflrec.training.worker import SCORE
+from atflrec.training.worker import MODEL_EVALS, SCORE
 from atflrec.tuning.space import SearchPlan, expected_reports, lora_config, trial_config
 from atflrec.tuning.trial import read_outcome, read_reports, run_name
 
 CURVE_COLUMNS = ("stage", "stage_index", "epoch", "global_step", "train_loss", "samples_per_s", "val_auc",
-                 "val_gauc", "val_log_loss", SCORE, "checkpoint_path")
+                 "val_gauc", "val_log_loss", SCORE, MODEL_EVALS, "stage_done", "checkpoint_path")
 RESULTS, CURVES = "results", "curves"
 
 
@@ -68,11 +68,13 @@ def _finite(value: Any) -> bool:
 
 
 def is_final(config: TrainConfig, report: dict[str, Any] | None) -> bool:
-    """Whether ``report`` is a run's last: the last epoch of the last stage."""
+    """Whether ``report`` is a run's last: the last stage's, once that stage ended (its last epoch,
+    max_steps or early stopping)."""
     if report is None:
         return False
     stages = len(STRATEGIES[config.model.fusion.strategy].stages())
-    return report.get("stage_index") == stages - 1 and report.get("epoch") == config.optim.epochs
+    done = report.get("stage_done", report.get("epoch") == config.optim.epochs)
+    return report.get("stage_index") == stages - 1 and bool(done)
 
 
 def ran_to_the_end(config: TrainConfig, reports: list[dict[str, Any]], outcome: dict[str, Any] | None) -> bool:

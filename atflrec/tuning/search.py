@@ -12,8 +12,10 @@ Layout of ``OUT`` (a local path, or a volume every node mounts)::
     best/                the best trial's best checkpoint (an artifact serving loads), its config
 
 Before any trial starts, the feature store is made to hold every Mel-bin count of the space
-(:mod:`atflrec.tuning.features`). ASHA's time unit is Tune's ``training_iteration``: one per Train
-report, i.e. one per epoch of each stage (a separate-adapter strategy reports epochs x 3 times).
+(:mod:`atflrec.tuning.features`). ASHA's time unit is ``model_evals``: the validations of the whole
+model, which only the last stage's reports carry (see :mod:`atflrec.training.worker`). A
+separate-adapter trial (text, audio, fusion stages) is thus first compared at a rung once its
+fusion stage has been validated, on the whole model's AUC, never on its text stage alone.
 Trials reserve no CPU (``trial_resources``: memory by default); their Train workers reserve the
 real resources, so the number of trials at once is what the cluster fits of their workers.
 """
@@ -34,13 +36,15 @@ from atflrec.tuning.results import (
     PruneStoppedTrials, SearchError, best_trial, export_best, prune_stopped, records, write_tables,
 )
 from atflrec.tuning.space import SearchPlan, TuneSpace, plan as make_plan
+from atflrec.training.worker import MODEL_EVALS
 from atflrec.tuning.trial import run_trial, trial_dirname
 
 EXPERIMENT, RUNS, BEST, PLOTS, SPACE_FILE = "search", "trials", "best", "plots", "space.yaml"
-# What ASHA compares trials by at each rung. Train ranks a run's checkpoints, and the search its
-# trials, by selection_score (validation AUC, finished models first); at one rung, trials of
-# different fusion strategies may be at different stages, and the score would rank them by that.
+# What ASHA compares trials by at each rung: validation AUC, at rungs counted in whole-model
+# validations (TIME_ATTR), so at a rung every trial's AUC is its whole model's. Train ranks a run's
+# checkpoints, and the search its trials, by selection_score (validation AUC, finished models first).
 METRIC = "val_auc"
+TIME_ATTR = MODEL_EVALS
 
 
 def concurrent_trials(plan: SearchPlan, cluster: dict[str, float]) -> int:
@@ -70,7 +74,7 @@ def _scheduler(plan: SearchPlan) -> Any:
         return FIFOScheduler()
     asha = plan.space.asha
     # stop_last_trials=False: a trial at its last report ends by itself, after its final evaluation.
-    return ASHAScheduler(time_attr="training_iteration", max_t=asha.max_t or plan.max_reports,
+    return ASHAScheduler(time_attr=TIME_ATTR, max_t=asha.max_t or plan.max_model_evals,
                          grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
                          brackets=asha.brackets, stop_last_trials=False)
 
@@ -183,7 +187,7 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
     removed = prune_stopped(trials, out / RUNS, best)
     (out / PLOTS).mkdir(exist_ok=True)
     plot_knobs(table, plan, out / PLOTS)
-    rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor, space.asha.max_t or plan.max_reports)
+    rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor, space.asha.max_t or plan.max_model_evals)
     plot_curves(curves, rungs if space.scheduler == "asha" else [], out / PLOTS)
     if space.export is not None:
         export_best(best, Path(space.export))

@@ -101,9 +101,9 @@ class Distribution(StrictModel):
 
 
 class AshaSettings(StrictModel):
-    grace_period: int = Field(1, ge=1, description="reports every trial makes before ASHA may stop it")
+    grace_period: int = Field(1, ge=1, description="whole-model validations every trial makes before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1, description="each rung keeps 1/reduction_factor of the trials")
-    max_t: int | None = Field(None, ge=1, description="reports of the longest trial; unset: optim.epochs x stages of the longest strategy in the space")
+    max_t: int | None = Field(None, ge=1, description="whole-model validations of the longest trial; unset: ceil(optim.epochs / optim.eval_every), the most in the space")
     brackets: int = Field(1, ge=1, description="ASHA brackets (1: plain successive halving)")
 
 
@@ -117,7 +117,7 @@ class TuneSpace(StrictModel):
     feature_clip_seconds: float | None = Field(None, gt=0, description="clip length when data builds the store; unset: the store's, else 4.0")
     num_samples: int = Field(8, ge=1, description="trials to run")
     scheduler: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early on validation AUC; fifo runs every trial to the end")
-    asha: AshaSettings = Field(default_factory=AshaSettings, description="ASHA settings (time unit: Tune's training_iteration, one per Train report)")
+    asha: AshaSettings = Field(default_factory=AshaSettings, description="ASHA settings (time unit: model_evals, one per validation of the whole model, i.e. of the last stage)")
     search: Literal["random", "optuna"] = Field("random", description="random sampling, or Optuna's TPE")
     seed: int = Field(0, description="seed of the search algorithm's sampling")
     max_concurrent_trials: int | None = Field(None, ge=1, description="trials at once; unset: what the cluster's resources fit (per-trial workers x resources)")
@@ -146,7 +146,8 @@ class SearchPlan:
     space: TuneSpace
     base: dict[str, Any]  # TrainConfig data with local paths made absolute
     n_mels: list[int]  # every Mel-bin count a trial can use
-    max_reports: int  # reports of the longest trial (optim.epochs x stages)
+    max_reports: int  # reports of the longest trial (validations per stage x stages)
+    max_model_evals: int = 1  # whole-model validations (last stage) of the longest trial: ASHA's max_t
 
     @property
     def knobs(self) -> list[str]:
@@ -176,9 +177,16 @@ def with_knobs(base: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def evaluations_per_stage(epochs: int, eval_every: int) -> int:
+    """Validations of a stage that runs all its epochs: every ``eval_every`` epochs and after the last."""
+    return math.ceil(epochs / eval_every)
+
+
 def expected_reports(config: TrainConfig) -> int:
-    """Reports a trial makes when it runs to the end: one per epoch of every stage."""
-    return config.optim.epochs * len(STRATEGIES[config.model.fusion.strategy].stages())
+    """Reports a trial makes when every stage runs all its epochs (no early stop, no max_steps cut):
+    one per validation of every stage."""
+    per_stage = evaluations_per_stage(config.optim.epochs, config.optim.eval_every)
+    return per_stage * len(STRATEGIES[config.model.fusion.strategy].stages())
 
 
 def lora_config(strategy: str) -> str:
@@ -226,6 +234,7 @@ def plan(space: TuneSpace) -> SearchPlan:
     base_n_mels = base_config.model.encoder.n_mels
     n_mels = {base_n_mels}
     epochs, strategies = {base_config.optim.epochs}, {base_config.model.fusion.strategy}
+    every = {base_config.optim.eval_every}
     for key, distribution in space.space.items():
         _check_key(key)
         for value in distribution.candidates():
@@ -237,9 +246,12 @@ def plan(space: TuneSpace) -> SearchPlan:
                 raise ConfigError(f"space: {key}: Mel-bin counts come from the feature store; give them as a choice")
             n_mels.add(config.model.encoder.n_mels)
             epochs.add(config.optim.epochs)
+            every.add(config.optim.eval_every)
             strategies.add(config.model.fusion.strategy)
-    max_reports = max(e * len(STRATEGIES[s].stages()) for e, s in itertools.product(epochs, strategies))
-    return SearchPlan(space=space, base=_absolute_paths(base), n_mels=sorted(n_mels), max_reports=max_reports)
+    max_model_evals = max(evaluations_per_stage(e, v) for e, v in itertools.product(epochs, every))
+    max_reports = max_model_evals * max(len(STRATEGIES[s].stages()) for s in strategies)
+    return SearchPlan(space=space, base=_absolute_paths(base), n_mels=sorted(n_mels), max_reports=max_reports,
+                      max_model_evals=max_model_evals)
 
 
 def load_space(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SearchPlan:

@@ -20,7 +20,8 @@ from atflrec.model.artifact import load_artifact
 from atflrec.samples import read_samples
 from atflrec.training.distributed import TrainingError, train
 from atflrec.training.distributed_config import TrainConfig
-from atflrec.training.local import make_collator, predict
+from atflrec.training.local import LocalTrainConfig, make_collator, predict, prepare_run, train_run
+from atflrec.training.loop import lr_factor
 from atflrec.training.worker import VAL_SCORES_FILE
 
 N_MELS = 8
@@ -103,9 +104,31 @@ def test_separate_adapters_train_every_stage_with_a_checkpoint_each(benchmark, t
     config = _config(benchmark, tiny_base_dir, tmp_path, **{"model.fusion.strategy": "late_weighted", "optim.epochs": 1})
     outcome = train(config)
     assert [h["stage"] for h in outcome.history] == ["text", "audio", "fusion"]
+    assert [h.get("model_evals") for h in outcome.history] == [None, None, 1]  # Tune's rungs: whole model only
+    assert list(outcome.losses) == ["text", "audio", "fusion"]
     assert outcome.history[-1]["global_step"] == _steps(config, 3)
     weights = load_file(Path(outcome.exported) / "fusion.safetensors")["weights"]
     assert not np.allclose(weights.numpy(), 0.5)  # the fusion stage trained the weights
+
+
+def test_the_local_loop_and_a_one_worker_ray_run_take_the_same_steps(benchmark, tiny_base_dir, tmp_path):
+    """Same seed, same loop: the same per-step losses, with accumulation over an epoch's ragged tail,
+    a warm-up and decay of the learning rate, and max_steps cutting the stage mid-epoch."""
+    optim = {"lr": 1e-2, "encoder_lr": 1e-2, "batch_size": 3, "grad_accum": 4, "epochs": 3, "max_steps": 5,
+             "schedule": "linear", "warmup_ratio": 0.3}
+    config = _config(benchmark, tiny_base_dir, tmp_path, optim=optim, **{"scaling.num_workers": 1})
+    outcome = train(config)
+    local = LocalTrainConfig.model_validate({
+        **config.model_dump(include={"model", "samples", "features", "shots", "seed", "optim", "precision"}),
+        "eval_splits": ["val"]})
+    expected = train_run(prepare_run(local)).losses["shared"]
+
+    # 16 rows in micro-batches of 3: 6 per epoch, i.e. steps of 4 and 2; max_steps stops epoch 3 after 1.
+    assert len(expected) == 5
+    assert np.allclose(outcome.losses["shared"], expected, rtol=1e-4, atol=1e-5), (outcome.losses, expected)
+    assert [h["global_step"] for h in outcome.history] == [2, 4, 5]
+    assert outcome.history[-1]["epoch"] == 3 and outcome.history[-1]["stage_done"]
+    assert outcome.history[-1]["lr_factor"] == pytest.approx(lr_factor(4, 5, 2, "linear"))
 
 
 def train_worker_pids() -> list[int]:
@@ -142,7 +165,7 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(benchmark, tiny_base_
 
     def kill_a_worker_after_the_first_checkpoint() -> None:
         deadline = time.time() + 300
-        while time.time() < deadline and not list(storage.glob("checkpoint-*")):
+        while time.time() < deadline and not registered_checkpoint(storage):
             time.sleep(0.5)
         workers = train_worker_pids()
         if workers:
@@ -156,6 +179,13 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(benchmark, tiny_base_
     assert killed, "no worker was found to kill"
     assert outcome.history[-1]["global_step"] == _steps(config, 1)
     assert outcome.history[-1]["epoch"] == 4
+    # The replacement group continued from the checkpoint, moments included; not from step 0.
+    resumed = outcome.resumed_from
+    per_epoch = _steps(config, 1) // config.optim.epochs
+    assert resumed is not None and 1 <= resumed["epoch"] < 4, resumed
+    assert resumed["step"] == resumed["global_step"] == resumed["epoch"] * per_epoch
+    assert resumed["optimizer_restored"] and resumed["optimizer_steps"] == resumed["step"]
+    assert len(outcome.losses["shared"]) == _steps(config, 1)  # the steps before the kill came with the checkpoint
 
 
 def test_resume_continues_an_interrupted_run(benchmark, tiny_base_dir, tmp_path):
@@ -177,9 +207,17 @@ def test_resume_continues_an_interrupted_run(benchmark, tiny_base_dir, tmp_path)
     assert again.returncode == 2 and "--resume" in again.stderr  # an existing run is never silently reused
     resumed = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert re.search(r"resumed at stage 0, epoch [12], step [1-9]", resumed.stdout), resumed.stdout[-2000:]
+    found = re.search(r"resumed at stage 0, epoch ([12]), step (\d+) \(optimizer state restored\)", resumed.stdout)
+    assert found, resumed.stdout[-2000:]
+    one_worker = config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 1})})
+    per_epoch = _steps(one_worker, 1) // config.optim.epochs
+    assert int(found[2]) == int(found[1]) * per_epoch > 0  # the checkpoint's step, not 0
     last = json.loads((storage / "checkpoint-0-shared-epoch003" / "progress.json").read_text())
-    assert last["global_step"] == _steps(config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 1})}), 1)
+    assert last["global_step"] == _steps(one_worker, 1)
+    # Exact: the interrupted-and-resumed run took the steps an uninterrupted run takes.
+    straight = train(one_worker.model_copy(update={"run": one_worker.run.model_copy(update={"name": "straight"}),
+                                                   "out": None}))
+    assert np.allclose(last["losses"]["shared"], straight.losses["shared"], rtol=1e-5, atol=1e-6)
 
 
 def test_a_deepspeed_value_that_contradicts_the_training_config_is_refused(benchmark, tiny_base_dir, tmp_path):

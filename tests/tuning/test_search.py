@@ -179,6 +179,7 @@ def test_the_final_sweep_prunes_a_trial_that_stopped_early(search: Search, tmp_p
     curves = [c for c in pq.read_table(search.out / "curves.parquet").to_pylist() if c["trial_id"] == trial_id]
     for report in curves:
         report["checkpoint_path"] = str(runs / f"trial-{trial_id}" / Path(report["checkpoint_path"]).name)
+        report["stage_done"] = False  # with a third epoch to go, its last stage had not ended
     knobs = json.loads((search.out / "search" / f"trial-{trial_id}" / "params.json").read_text())
     longer = search_plan.trial_config({**knobs, "optim.epochs": 3})
     record = TrialRecord(trial_id, knobs, longer, reports=curves)

@@ -114,6 +114,22 @@ def test_expected_reports_count_every_stage() -> None:
     search = plan(_space(**{"model.fusion.strategy": ["early", "late_head"], "optim.epochs": [1, 4]}))
     assert search.max_reports == 4 * 3
     assert expected_reports(search.trial_config({"model.fusion.strategy": "early", "optim.epochs": 2})) == 2
+    assert search.max_model_evals == 4  # ASHA's max_t: validations of the last stage alone
+    every = search.trial_config({"model.fusion.strategy": "late_head", "optim.epochs": 5, "optim.eval_every": 2})
+    assert expected_reports(every) == 3 * 3  # epochs 2, 4 and the last, per stage
+
+
+def test_asha_compares_trials_on_whole_model_validations_only() -> None:
+    """The rung time unit is model_evals, which only last-stage reports carry: a separate-adapter
+    trial's text and audio stages never reach a rung."""
+    from atflrec.training.worker import MODEL_EVALS
+    from atflrec.tuning.search import METRIC, _scheduler
+
+    search = plan(_space(**{"model.fusion.strategy": ["early", "late_weighted"], "optim.epochs": [1, 3]}))
+    asha = _scheduler(search)
+    assert (asha._time_attr, asha._max_t, METRIC) == (MODEL_EVALS, 3, "val_auc")
+    text_stage = {"val_auc": 0.9, "training_iteration": 5, "stage_index": 0}
+    assert MODEL_EVALS not in text_stage and asha.on_trial_result(None, None, text_stage) == "CONTINUE"
 
 
 def test_the_cli_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
