@@ -1,13 +1,8 @@
 """64-shot ATFLRec with the real SmolLM2 on the built-in benchmark's audio (slow; `pytest -m integration`).
 
-What a 64-shot run can be asked to show. On the benchmark's own labels no learner shows a held-out
-AUC margin over chance that holds across draws: `bench/history_signal.py` (committed results in
-`bench/results/history_signal.json`) fits a logistic regression on the hidden true item attributes,
-compared against each sample's liked and disliked history, and at 64 shots it scores the held-out
-rows at 0.507-0.532 AUC on average, with a spread of 0.02-0.045 between draws (three data seeds, two
-sizes). Likes are personal, and ten noisy history labels say little about a user's taste.
-
-So this test plants a signal that 64 shots do carry, and only in the audio: users like the
+What a 64-shot run can be asked to show, and only through the audio. This test plants a signal
+that 64 shots carry (on the benchmark's own v2 labels the history's like share alone scores about
+0.69, so a gain there would not show that the audio path works): users like the
 benchmark's rock, electronic and jazz songs and dislike its classical, hiphop and folk ones. Titles
 hold no genre words (``title_genre_rate=0``) and tags are not in the prompt, so the gain must come
 through the real path: synthesised clips → Kaldi FBank feature store → audio encoder → soft tokens at
@@ -17,13 +12,12 @@ and the cold-start split (whose target songs no training sample contains).
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from atflrec.data.format import INTERACTIONS_FILE, load_dataset
-from atflrec.metrics import auc
+from atflrec.metrics import auc, log_loss
 from atflrec.model.network import ModelConfig
 from atflrec.samples import SampleConfig, make_samples
 from atflrec.training.local import LocalTrainConfig, OptimConfig, predict, prepare_run, train_run
@@ -40,7 +34,9 @@ def benchmark(tmp_path_factory, ray_cluster):
 
     root = tmp_path_factory.mktemp("benchmark")
     data = root / "data"
-    generate(SynthConfig(seed=0, users=100, items=160, title_genre_rate=0.0), data)
+    # Clean clips (audible_quality 0): the planted signal is the genre, and v2's hum, hiss and clipping
+    # on low-quality items are noise to it (with them, seed 0 gained only 0.516 -> 0.591).
+    generate(SynthConfig(seed=0, users=100, items=160, title_genre_rate=0.0, audible_quality=0.0), data)
     # Relabel every interaction by its song's hidden genre (dataset.json's like counts go stale; no reader uses them).
     genre = {r["item_id"]: r["genre"] for r in pq.read_table(data / ATTRIBUTES_FILE).to_pylist()}
     interactions = pq.read_table(data / INTERACTIONS_FILE)
@@ -61,6 +57,13 @@ def held_out_auc(run) -> float:
     return auc([r["label"] for r in rows], scores)
 
 
+def training_loss(run) -> float:
+    """Log loss of the model on its 64 training rows: what the optimizer minimised, measured the
+    same way before and after (single steps' losses are too noisy at batch 8 to compare)."""
+    scores = predict(run.model, run.train_rows, run.collator, run.config.eval_batch_size)
+    return log_loss([r["label"] for r in run.train_rows], scores)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_64_shot_auc_clearly_above_the_untrained_model(benchmark, seed) -> None:
     config = LocalTrainConfig(
@@ -70,9 +73,10 @@ def test_64_shot_auc_clearly_above_the_untrained_model(benchmark, seed) -> None:
         eval_splits=["test", "cold"], max_eval_samples=100, eval_batch_size=16,
     )
     run = prepare_run(config)
-    before = held_out_auc(run)
-    result = train_run(run)
-    after = held_out_auc(run)
-    print(f"seed {seed}: held-out AUC {before:.3f} untrained -> {after:.3f} after 64 shots")
-    assert np.mean(result.losses["shared"][-4:]) < np.mean(result.losses["shared"][:4])
+    before, loss_before = held_out_auc(run), training_loss(run)
+    train_run(run)
+    after, loss_after = held_out_auc(run), training_loss(run)
+    print(f"seed {seed}: held-out AUC {before:.3f} untrained -> {after:.3f} after 64 shots; "
+          f"training log loss {loss_before:.3f} -> {loss_after:.3f}")
+    assert loss_after < loss_before - 0.05, (loss_after, loss_before)
     assert after > before + AUC_MARGIN, (after, before)
