@@ -134,10 +134,9 @@ def _goal(df: pd.DataFrame, config: EvalConfig, oracle: dict[str, float]) -> lis
         margins.append(margin >= required)
         lines.append(f"- {title}: {_name(other)} {other['mean']:.3f} (margin {margin:+.3f}, required "
                      f"{required:+.2f}: {'met' if margin >= required else 'not met'})")
-    for title, kinds in (("content model (text, audio and like share; no LLM)", ("content",)),):
-        other = _best(means, kinds)
-        if other is not None:
-            lines.append(f"- beside it, {title}: {other['mean']:.3f}")
+    content = _best(means, ("content",))
+    if content is not None:
+        lines.append(f"- beside it, the content model (text, audio and like share; no LLM): {content['mean']:.3f}")
     if cold in oracle:
         lines.append(f"- upper bound (the generator's noise-free like logit on these rows): {oracle[cold]:.3f}")
     lines.append("")
@@ -176,8 +175,8 @@ def _significance(out: Path, df: pd.DataFrame, splits: list[str]) -> list[str]:
         best = _best(means, ("atflrec",), default_only=False)
 
         def scores(row: pd.Series) -> list:
-            pick = df[(df["model"] == row["model"]) & (df["variant"] == row["variant"]) & (df["split"] == split)
-                      & (df["shots"] == shots)]
+            pick = df[(df["model"] == row["model"]) & (df["ablation"] == row["ablation"])
+                      & (df["variant"] == row["variant"]) & (df["split"] == split) & (df["shots"] == shots)]
             return [list(v) for v in pick["scores"]]
 
         for title, kinds, _ in (*GOALS, ("content", ("content",), 0.0)):
