@@ -4,13 +4,22 @@ No public dataset with users, item text and item audio can be downloaded here, s
 makes one whose ground truth is known. Every item has hidden attributes; its audio is synthesised
 from all of them, its title and tags reveal only some; users like items by a documented noisy
 function of the attributes. Nothing here is tuned to make a model look good: the knobs in
-:class:`SynthConfig` set how much each modality reveals, and their values are recorded.
+:class:`SynthConfig` set how much each modality reveals, their values are recorded, and the
+defaults were chosen by ``bench/history_signal.py`` (what an oracle can reach), never by a model's score.
+
+Generator version 2 gives the like function the structure of real instruction data (a strong
+per-user like propensity, a moderate item appeal, a weak personal taste). Its terms draw from
+random streams of their own, so :meth:`SynthConfig.version_1` (every v2 term at 0) writes version
+1's files byte for byte.
 
 Hidden item attributes (``hidden/attributes.parquet``)
     ``genre`` (one of :data:`STYLES`' names, uniform), ``tempo_bpm`` (normal around the genre's
     centre, sd 18, clipped to 60-180), ``mode`` (major or minor, 50/50, independent of genre),
     ``energy`` (normal around the genre's centre, sd 0.18, clipped to 0-1), ``quality`` (standard
-    normal; neither heard nor named, it also sets popularity) and ``key_midi`` (root note, random).
+    normal; never named, it also sets popularity), ``key_midi`` (root note, random), ``acoustic``
+    (the genre is one of :data:`ACOUSTIC_GENRES`), ``genre_appeal`` (the genre's population appeal)
+    and ``defect`` = audible_quality * sigmoid(-1.5 * (quality + N(0, 1))): how much of the quality
+    is heard.
 Audio (``audio/<item_id>.wav``: mono PCM_16, ``sample_rate``, ``clip_seconds``)
     genre sets the timbre (harmonic profiles of melody and chord voices, note envelopes, vibrato),
     the spectral envelope (low-pass corner and resonance) and the percussion pattern (kick, snare,
@@ -18,18 +27,20 @@ Audio (``audio/<item_id>.wav``: mono PCM_16, ``sample_rate``, ``clip_seconds``)
     the scale of the melody and the chords (a progression starting on the tonic); energy sets
     loudness (-32 to -12 dBFS RMS), brightness (the low-pass corner moves +-1 octave), drum level
     and noise. Key, chord progression, melody (a random walk on the scale, with rests) and drum
-    velocities are random per item, so no two clips are alike.
+    velocities are random per item, so no two clips are alike. A clip with ``defect`` > 0 gets mains
+    hum, hiss and hard clipping in proportion to it, at its own loudness.
 Text (``items.parquet``)
     Tags hold one genre name: the true one with probability ``tag_genre_rate``, otherwise a
     uniformly drawn wrong one; plus 0-2 tags that mean nothing (``single``, ``remastered``, ...).
     With probability ``tag_attribute_rate`` each, a truthful tag for mode (``major key`` /
     ``minor key``), tempo (``slow`` < 100 BPM <= ``mid-tempo`` < 140 <= ``fast``) and energy
-    (``calm`` / ``energetic``, split at 0.5) is added; the default 0 keeps them audio-only.
+    (``calm`` / ``energetic``, split at 0.5) is added (0 keeps them audio-only).
     Titles are "adjective noun [suffix]" from neutral word lists; with probability
     ``title_genre_rate`` the noun is one of the true genre's words (``Nocturne``, ``Circuit``...).
 Users (``hidden/users.parquet``)
     ``affinity_<genre>`` ~ N(0, 1) per genre; ``mode_pref``, ``tempo_pref``, ``energy_pref`` ~
-    U(-1, 1) (positive: likes major / fast / energetic).
+    U(-1, 1) (positive: likes major / fast / energetic); ``like_bias`` b_user ~ N(0, 1) (the
+    propensity to like anything) and ``taste`` s_user ~ N(0, 1) (+ likes acoustic genres, - electric).
 Interactions (``interactions.parquet``)
     Each user sees k ~ U{interactions_per_user} distinct items (capped at the catalogue size),
     drawn without replacement with weights exp(popularity_skew * quality), so better items are seen
@@ -37,12 +48,14 @@ Interactions (``interactions.parquet``)
     and timestamps increase (gaps: 1 s + exponential with a 2-day mean).
     The label is Bernoulli(sigmoid(z)) with the like function
 
-        z = bias + genre * affinity[user, genre_i] + mode * mode_pref * M_i
+        z = bias + user_bias * b_user + genre_appeal * a[genre_i] + energy_appeal * E_i
+            + taste_shared * s_user * A_i + genre * affinity[user, genre_i] + mode * mode_pref * M_i
             + tempo * tempo_pref * T_i + energy * energy_pref * E_i + quality * quality_i
             + noise * xi,                                              xi ~ N(0, 1)
 
-    where M_i = +1 (major) / -1 (minor), T_i = clip((tempo_bpm - 120) / 40, -1.5, 1.5) and
-    E_i = 2 * energy - 1; the weights are ``SynthConfig.like``. ``hidden/likes.parquet`` holds the
+    where M_i = +1 (major) / -1 (minor), T_i = clip((tempo_bpm - 120) / 40, -1.5, 1.5),
+    E_i = 2 * energy - 1, A_i = +1 acoustic / -1 electric genre and a[genre] ~ N(0, 1) per genre
+    (:func:`item_terms`); the weights are ``SynthConfig.like``. ``hidden/likes.parquet`` holds the
     noise-free z of each interaction (an oracle score: its AUC bounds what any model can reach).
 
 No model, feature stage or evaluation input reads ``hidden/``: it is ground truth for tests and
