@@ -14,6 +14,7 @@ from test_replica_failure import Outcome, _item_ids, load, wait_for
 APP = "atflrec-autoscaling-test"
 PREFIX = "/a"
 CLIENTS = 4
+MAX_REQUESTS = 20_000  # the load's bound: far above what a slow scale-up needs (seen: 3,000 were not enough in CI)
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,
                "upscale_delay_s": 1, "downscale_delay_s": 3, "look_back_period_s": 2}
 
@@ -36,7 +37,7 @@ def test_a_second_replica_starts_under_load_and_leaves_when_idle(serve_port, ser
         outcomes: list[Outcome] = []
         stop, lock = threading.Event(), threading.Lock()
         clients = [threading.Thread(target=load, args=(f"http://127.0.0.1:{serve_port}{PREFIX}/v1/score", body,
-                                                        outcomes, stop, lock)) for _ in range(CLIENTS)]
+                                                        outcomes, stop, lock, MAX_REQUESTS)) for _ in range(CLIENTS)]
         for client in clients:
             client.start()
         try:
@@ -52,4 +53,4 @@ def test_a_second_replica_starts_under_load_and_leaves_when_idle(serve_port, ser
         serve.delete(APP)
     failed = [o for o in outcomes if o.status != 200]
     print(f"{len(outcomes)} requests, {len(failed)} failed; back to one replica {scaled_down - idle:.1f} s after the load")
-    assert outcomes and not failed
+    assert outcomes and not failed and len(outcomes) < MAX_REQUESTS

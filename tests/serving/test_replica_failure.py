@@ -40,11 +40,12 @@ def running_replicas() -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-def load(url: str, body: dict, outcomes: list[Outcome], stop: threading.Event, lock: threading.Lock) -> None:
+def load(url: str, body: dict, outcomes: list[Outcome], stop: threading.Event, lock: threading.Lock,
+         max_requests: int = MAX_REQUESTS) -> None:
     with httpx.Client(timeout=60) as client:
         while not stop.is_set():
             with lock:
-                if len(outcomes) >= MAX_REQUESTS:
+                if len(outcomes) >= max_requests:
                     return
             started = time.monotonic()
             try:
