@@ -41,12 +41,15 @@ class Context:
     ``features``: Mel-bin count → item id → FBank ``[frames, n_mels]`` (None: no audio).
     ``seed``: initialisation and shuffling. ``shared``: a memo for one run, keyed by everything
     that determines the value, so two models that need the same trained part compute it once.
+    ``validation``: labelled rows a model may select on while it trains (LLM early stopping);
+    never the reported rows.
     """
 
     items: Mapping[str, Item]
     features: Callable[[int], Mapping[str, np.ndarray]] | None = None
     seed: int = 0
     shared: dict[str, Any] = field(default_factory=dict)
+    validation: Sequence[Row] = ()
 
 
 class Recommender(ABC):

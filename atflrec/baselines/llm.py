@@ -1,12 +1,15 @@
 """The LLM recommenders -- text-only (TALLRec), audio-only and ATFLRec -- behind the common interface.
 
-Each trains the stages of its fusion strategy with the single-process loop of
-:mod:`atflrec.training.local` (``build_model``, ``train_stage``) and scores P(Yes).
+Each trains the stages of its fusion strategy with the one stage loop
+(:class:`~atflrec.training.loop.StageLoop`) and scores P(Yes). An adapter's stage selects on the
+context's validation rows (the first ``max_val_samples``), as TALLRec does: scored every
+``optim.eval_every`` epochs, stopped after ``optim.patience`` evaluations without improvement, the
+best evaluation's adapter restored.
 
 Work is shared through the run's memo (``Context.shared``), keyed by everything that determines it:
 - a trained adapter (with the encoder, if its stage trains it) is keyed by the adapter's name,
   base model, prompt, LoRA settings, encoder settings (audio adapters only), optimiser, precision,
-  seed and the training rows. So the ``separate`` configuration's text adapter *is* the text-only
+  seed, the training rows and the validation rows. So the ``separate`` configuration's text adapter *is* the text-only
   model (same rows, seed, prompts and optimiser: the method trains it alone, before the audio
   adapter), its audio adapter is the audio-only model, and ablations that change only the audio
   side (pooling, Mel bins, fusion) reuse the text adapter. Whichever model needs a stage first
@@ -34,10 +37,26 @@ from atflrec.model.batch import AUDIO, Batch, history_logit
 from atflrec.model.fusion import PassOutput, Stage
 from atflrec.model.network import ATFLRecModel, ModelConfig, prompt_kind
 from atflrec.model.scoring import probability
+from atflrec.training.loop import StageLoop
 from atflrec.training.local import (
     OptimConfig, autocast, build_model, fit_audio_normalisation, make_batches, make_collator, resolve_device,
     train_stage,
 )
+
+
+def _indented(message: str) -> None:
+    """The stage loop's lines (early stop, best epoch restored), under the evaluation's job line."""
+    print(f"  {message}", flush=True)
+
+
+def _stage_summary(stage: str, evaluations: Sequence[dict[str, Any]]) -> str:
+    last = evaluations[-1]
+    line = f"stage {stage}: {last['epoch']} epochs, train loss {last['train_loss']:.3f}"
+    aucs = [e.get("val_auc") for e in evaluations]
+    if any(a is not None for a in aucs):
+        line += ", val AUC by evaluation " + " ".join("-" if a is None else f"{a:.3f}" for a in aucs)
+        line += f", kept epoch {last['best_epoch']}"
+    return line
 
 
 class LLMSettings(StrictModel):
@@ -48,6 +67,9 @@ class LLMSettings(StrictModel):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocasts the forward pass")
     device: str = Field("auto", description="torch device; auto picks cuda when available")
     eval_batch_size: int = Field(16, ge=1, description="samples per scoring batch")
+    max_val_samples: int | None = Field(
+        100, ge=1, description="validation rows each adapter's training selects on (the first of the "
+                               "context's); the optim section's eval_every and patience act on them")
 
     @model_validator(mode="before")
     @classmethod
@@ -143,7 +165,12 @@ class LLMRecommender(Recommender):
             "precision": self.settings.precision,
             "seed": self.context.seed,
             "rows": self.train_key,
+            "validation": rows_key(self.validation_rows()),
         }, sort_keys=True)
+
+    def validation_rows(self) -> list[Row]:
+        """The rows each adapter's training selects on (the best validation's adapter is kept)."""
+        return list(self.context.validation)[: self.settings.max_val_samples]
 
     def _fit_adapter(self, stage: Stage, rows: Sequence[Row]) -> None:
         from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -151,8 +178,10 @@ class LLMRecommender(Recommender):
         key = "llm-adapter:" + self.adapter_key(stage.adapter)
         saved = self.context.shared.get(key)
         if saved is None:
-            train_stage(self.model, stage, rows, self.collator, self.settings.optim, self.settings.precision,
-                        self.context.seed)
+            loop = StageLoop(self.model, stage, rows, self.collator, self.settings.optim, seed=self.context.seed,
+                             precision=self.settings.precision, val_rows=self.validation_rows(),
+                             eval_batch_size=self.settings.eval_batch_size, log=_indented)
+            _indented(_stage_summary(stage.name, loop.run().evaluations))
             state = get_peft_model_state_dict(self.model.llm, adapter_name=stage.adapter, save_embedding_layers=False)
             encoder = self.model.encoder.state_dict() if stage.train_encoder else None
             self.context.shared[key] = {

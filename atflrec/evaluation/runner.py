@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from atflrec.baselines import Context, Item, build_recommender
-from atflrec.baselines.base import Row, rows_key
+from atflrec.baselines.base import RECOMMENDERS, Row, rows_key
 from atflrec.config import ConfigError, dump_config
 from atflrec.errors import UserError
 from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
@@ -125,8 +125,8 @@ def prepare_data(config: EvalConfig) -> EvalData:
         table = _eval_table(config, split)
         evals[name] = table.to_pylist()
         tables.append(table)
-    searched = any(spec.search for spec in config.models)
-    validation = _eval_table(config, config.validation_split).to_pylist() if searched else []
+    selects = any(spec.search or RECOMMENDERS[spec.resolved_kind].uses_llm for spec in config.models)
+    validation = _eval_table(config, config.validation_split).to_pylist() if selects else []
     data_dir = _data_dir(config)
     items = _catalogue(data_dir, tables)
     features = StoreFeatures(config.features, sorted(items)) if config.features is not None else None
@@ -150,7 +150,7 @@ def prepare_data(config: EvalConfig) -> EvalData:
 def _fit(job: Job, data: EvalData, train_rows: list[Row], shared: dict[str, Any]) -> tuple[Any, str | None, float | None]:
     """The job's fitted model; for a search, the candidate with the best validation AUC (first on ties),
     with its point and that AUC."""
-    context = Context(data.items, data.features, job.seed, shared)
+    context = Context(data.items, data.features, job.seed, shared, data.validation)
     if not job.candidates:
         recommender = build_recommender(job.kind, job.settings)
         recommender.fit(train_rows, context)

@@ -89,3 +89,23 @@ def test_fusion_on_cached_outputs_equals_the_training_loop(tiny_base_dir, data) 
     for mine, theirs in zip(recommender.model.fusion.parameters(), model.fusion.parameters()):
         torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(recommender.score(test), predict(model, test, collator, 16), atol=1e-4)
+
+
+def test_adapters_select_on_the_context_validation_rows(tiny_base_dir, data, capsys) -> None:
+    """With validation rows an adapter's stage evaluates every epoch, stops after ``patience``
+    evaluations without improvement and keeps the best epoch: here the validation labels are the
+    training labels flipped, so every epoch that fits the training rows makes validation worse."""
+    train, test, catalogue, features = data
+    settings = _settings(tiny_base_dir)
+    settings["optim"].update({"epochs": 6, "patience": 1, "lr": 5e-2})
+    flipped = [{**r, "label": 1 - r["label"]} for r in train]
+    selected = build_recommender("text_llm", settings)
+    selected.fit(train, Context(catalogue, lambda n: features, seed=0, validation=flipped))
+    lines = capsys.readouterr().out
+    assert "early stop after epoch" in lines and "restored the best epoch (1" in lines
+    plain = build_recommender("text_llm", settings)
+    plain.fit(train, Context(catalogue, lambda n: features, seed=0))
+    assert "early stop after" not in capsys.readouterr().out  # no validation rows: all six epochs
+    assert not np.allclose(selected.score(test), plain.score(test), atol=1e-4)
+    # The validation rows are part of what the adapter is: a memo never mixes the two.
+    assert selected.adapter_key("text") != plain.adapter_key("text")
