@@ -79,6 +79,7 @@ class Catalogue:
         self.bad_items: dict[str, str] = {}  # file name -> why it was skipped
         self._bad_keys: dict[str, tuple[int, int, int] | None] = {}
         self._dir_stamp: int | None = None
+        self.revision = 0  # counts changes to the item set, so a derived index syncs only after one
 
     @classmethod
     def load(cls, dataset: str, store: str, n_mels: Iterable[int], items_dir: str) -> "Catalogue":
@@ -205,6 +206,8 @@ class Catalogue:
         self._dir_stamp = stamp  # a file added after the stat changes the stamp again
 
     def _forget(self, item_id: str) -> None:
+        if item_id in self.titles:
+            self.revision += 1
         self._cold.pop(item_id, None)
         self.titles.pop(item_id, None)
         self.tags.pop(item_id, None)
@@ -243,3 +246,4 @@ class Catalogue:
         self.titles[path.stem] = rows[0]["title"]
         self.tags[path.stem] = list(rows[0]["tags"])
         self._cold[path.stem] = key
+        self.revision += 1

@@ -65,6 +65,7 @@ class ItemIndex:
         if self.ids:
             self.search.add(np.column_stack([self.vectors, self.popularity]))
         self.hidden: set[str] = set()  # deleted from the catalogue: never retrieved until added again
+        self.synced_revision: int | None = None  # the catalogue revision :func:`sync` last brought it to
 
     # --- building --------------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ class ItemIndex:
         counts = np.log1p(np.array([likes.get(i, 0) for i in ids], dtype=np.float64))
         spread = counts.std()
         popularity = (counts - counts.mean()) / spread if spread > 0 else np.zeros(len(ids))
-        index = cls(config, text, audio, [], np.zeros((0, index_dims(config, text, audio)), np.float32),
+        index = cls(config, text, audio, [], np.zeros((0, index_dims(text, audio)), np.float32),
                     np.zeros(0, np.float32), fingerprint)
         index._extend(ids, texts, [features.get(i) for i in ids], popularity)
         return index
@@ -202,7 +203,7 @@ def is_index_dir(directory: Path) -> bool:
     return directory.is_dir() and {p.name for p in directory.iterdir()} == {TENSORS_FILE, META_FILE}
 
 
-def index_dims(config: RetrievalConfig, text: TextEncoder, audio: AudioEncoder | None) -> int:
+def index_dims(text: TextEncoder, audio: AudioEncoder | None) -> int:
     return text.dims + (audio.dims if audio is not None else 0)
 
 
@@ -260,11 +261,15 @@ def catalogue_index(config: RetrievalConfig, catalogue: Any, dataset: str, store
 
 def sync(index: ItemIndex, catalogue: Any) -> int:
     """Add the catalogue's items the index lacks (cold-start uploads) and hide those the catalogue
-    no longer has (deleted uploads); returns how many items were added."""
+    no longer has (deleted uploads); returns how many items were added. A no-op (no walk over the
+    index) while the catalogue's ``revision`` is the one last synced."""
+    if index.synced_revision == catalogue.revision:
+        return 0
     for item in [i for i in index.ids if i not in catalogue.titles]:
         index.hide(item)
     missing = [i for i in catalogue.titles if i not in index]
     features = catalogue.features(index.n_mels if index.n_mels is not None else catalogue.mel_counts[0])
     for item in missing:
         index.add(item, catalogue.titles[item], catalogue.tags.get(item, []), features.get(item))
+    index.synced_revision = catalogue.revision
     return len(missing)

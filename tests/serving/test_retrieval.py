@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atflrec.serving.retrieval import ItemIndex, RetrievalConfig, load_or_build
+from atflrec.serving.catalogue import Catalogue
+from atflrec.serving.retrieval import ItemIndex, RetrievalConfig, load_or_build, sync
 
 N_MELS = 8
 
@@ -107,3 +108,23 @@ def test_a_hidden_item_is_never_retrieved_until_added_again(index) -> None:
     np.testing.assert_allclose(index.vectors[index.position["i2"]], index.vectors[index.position["i1"]], atol=1e-5)
     rock = [i for i, _ in index.retrieve(["i0", "i4"], ["i1", "i3"], n=30, exclude=["i0", "i4", "i1", "i3"])]
     assert "i2" not in rock  # it is jazz now
+
+
+def test_sync_follows_the_catalogue_uploads_and_deletes_and_skips_an_unchanged_one(index, tmp_path: Path) -> None:
+    items, features = planted(np.random.default_rng(0))
+    titles = {i: title for i, (title, _) in items.items()}
+    tags = {i: list(t) for i, (_, t) in items.items()}
+    catalogue = Catalogue(titles, {N_MELS: dict(features)}, 1.0, tmp_path / "items", [N_MELS], tags)
+    (tmp_path / "items").mkdir()
+    index.n_mels = N_MELS
+    assert sync(index, catalogue) == 0 and index.synced_revision == catalogue.revision
+    catalogue.add("new", "song new", ["rock"], {N_MELS: features["i0"]})
+    assert sync(index, catalogue) == 1 and "new" in index
+    assert "new" in [i for i, _ in index.retrieve(["i0"], [], n=len(index))]
+    catalogue.delete("new")
+    assert sync(index, catalogue) == 0 and "new" not in index
+    # Unchanged since the last sync: nothing is walked (a stray hide stays until the catalogue moves).
+    index.hide("i2")
+    assert sync(index, catalogue) == 0 and "i2" not in index
+    catalogue.add("other", "song other", ["jazz"], {N_MELS: features["i1"]})
+    assert sync(index, catalogue) == 2 and "i2" in index and "other" in index
