@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/atflrec/torch_extensions
 export RAY_TRAIN_V2_ENABLED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test: $(STAMP)
 # Everything but the tests that use the real base model or a separate Ray head.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check atflrec tests bench
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from atflrec.errors import UserError
 
@@ -350,20 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--features", help="feature store URI (unset: no audio)")
     train.add_argument("--out", help="export the best checkpoint to this directory")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    train.add_argument("--resume", action="store_true", help="continue the run named run.name from its latest checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run named run.name from its latest checkpoint")
     _add_config_args(train)
     train.set_defaults(handler=_train)
 
     tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
-    tune.add_argument("--space", dest="config", required=True, metavar="FILE", help="search space, e.g. tune_spaces/default.yaml")
+    tune.add_argument("--space", dest="config", required=True, metavar="FILE",
+                      help="search space, e.g. tune_spaces/default.yaml")
     tune.add_argument("--num-samples", type=int, help="trials to run")
-    tune.add_argument("--scheduler", choices=["asha", "fifo"], help="asha stops weak trials early; fifo runs all to the end")
+    tune.add_argument("--scheduler", choices=["asha", "fifo"],
+                      help="asha stops weak trials early; fifo runs all to the end")
     tune.add_argument("--search", choices=["random", "optuna"], help="how trials are sampled")
     tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
     tune.add_argument("--data", help="dataset dir: build the feature store for every Mel-bin count of the space first")
     tune.add_argument("--out", help="output dir (search state, trials, results, plots, best/)")
     tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
-    tune.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the space's keys, e.g. train.samples=DIR")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="overrides of the space's keys, e.g. train.samples=DIR")
     tune.set_defaults(handler=_tune)
 
     model = verbs.add_parser("model", help="base models")

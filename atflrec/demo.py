@@ -11,17 +11,17 @@ import shlex
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pydantic import Field
 
+from atflrec.base_model.fetch import DEFAULT_MODEL
 from atflrec.config import StrictModel, dump_config
 from atflrec.data.synth import SynthConfig
 from atflrec.errors import UserError
 from atflrec.features.pipeline import FeatureConfig
-from atflrec.base_model.fetch import DEFAULT_MODEL
 from atflrec.samples import SampleConfig
 
 
@@ -45,12 +45,16 @@ class DemoConfig(StrictModel):
     tune_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the search space")
     eval_config: str = Field(
         "configs/eval/quick.yaml",
-        description="evaluation config (baselines, ATFLRec); the demo points it at its samples, features and base model",
+        description="evaluation config (baselines, ATFLRec); the demo points it at its samples, features and "
+                    "base model",
     )
     eval_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the evaluation config")
-    serve_port: int = Field(8000, ge=1, le=65535, description="port on 127.0.0.1 where the demo serves the search's best model")
-    keep_serving: bool = Field(False, description="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines")
-    spot_check_rows: int = Field(48, ge=2, description="cold-start rows on which the served model is scored beside user_rate and popularity")
+    serve_port: int = Field(
+        8000, ge=1, le=65535, description="port on 127.0.0.1 where the demo serves the search's best model")
+    keep_serving: bool = Field(
+        False, description="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines")
+    spot_check_rows: int = Field(
+        48, ge=2, description="cold-start rows on which the served model is scored beside user_rate and popularity")
 
 
 def check_port_free(port: int) -> None:
@@ -60,7 +64,8 @@ def check_port_free(port: int) -> None:
             probe.bind(("127.0.0.1", port))
         except OSError:
             raise UserError(f"port {port} on 127.0.0.1 is in use, and the demo serves its model there at the end: "
-                            f"free it, or choose another port with serve_port=PORT (e.g. serve_port={port + 1})") from None
+                            f"free it, or choose another port with serve_port=PORT "
+                            f"(e.g. serve_port={port + 1})") from None
 
 
 def spot_check(best: Path, dataset: Path, features: str, samples: Path, rows: int, items_dir: Path) -> dict[str, float]:
@@ -97,7 +102,8 @@ def curl_lines(url: str, history: list[dict], candidates: list[str]) -> list[str
     """Ready-to-paste requests for every route of the live endpoint."""
     body = json.dumps({"history": history, "k": 5})
     score = json.dumps({"history": history, "candidates": candidates})
-    upload = """{"item_id": "my-song", "title": "My Song", "tags": ["rock"], "audio": "'"$(base64 -w0 my-song.wav)"'"}"""
+    upload = ("""{"item_id": "my-song", "title": "My Song", "tags": """
+              """["rock"], "audio": "'"$(base64 -w0 my-song.wav)"'"}""")
     post = "curl -s -X POST -H 'content-type: application/json'"
     return [f"curl -s {url}healthz", f"curl -s {url}v1/model",
             f"{post} {url}v1/recommend -d {shlex.quote(body)}", f"{post} {url}v1/score -d {shlex.quote(score)}",
@@ -186,7 +192,8 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
                           *config.eval_overrides]
         outputs["report"] = run_evaluation(
             load_config(EvalConfig, config.eval_config, eval_overrides), workdir / "eval",
-            command=f"atflrec evaluate --config {config.eval_config} --out {workdir / 'eval'} " + " ".join(eval_overrides))
+            command=f"atflrec evaluate --config {config.eval_config} --out {workdir / 'eval'} "
+                    + " ".join(eval_overrides))
 
     with _stage("served model vs the floor", timings):
         check = spot_check(outputs["best"], outputs["dataset"], str(outputs["features"]), outputs["samples"],

@@ -11,8 +11,8 @@ persist as safetensors + JSON. Used by the ``content`` baseline and the serving 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class TextEncoder:
     components: np.ndarray  # [dims, words]
 
     @classmethod
-    def fit(cls, texts: Sequence[str], dims: int, seed: int = 0) -> "TextEncoder":
+    def fit(cls, texts: Sequence[str], dims: int, seed: int = 0) -> TextEncoder:
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -77,7 +77,7 @@ class AudioEncoder:
     components: np.ndarray  # [dims, 2 * n_mels]
 
     @classmethod
-    def fit(cls, features: Mapping[str, np.ndarray], dims: int, seed: int = 0) -> "AudioEncoder | None":
+    def fit(cls, features: Mapping[str, np.ndarray], dims: int, seed: int = 0) -> AudioEncoder | None:
         """Fitted on every item that has audio; None when fewer than two do."""
         from sklearn.decomposition import PCA
         from sklearn.preprocessing import StandardScaler

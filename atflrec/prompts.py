@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import Any, Container, Sequence
+from typing import Any
 
 from pydantic import Field, field_validator
 

@@ -165,7 +165,8 @@ def cases(ids: list[str]) -> list[Case]:
         # malformed input
         ("truncated JSON", "POST", "/v1/score", {"content": b'{"history": [', "headers": json_h}, {422}),
         ("not JSON", "POST", "/v1/recommend", {"content": b"\x00\x01 binary", "headers": json_h}, {400, 422}),
-        ("invalid UTF-8", "POST", "/v1/recommend", {"content": b'{"history": "\xff\xfe"}', "headers": json_h}, {400, 422}),
+        ("invalid UTF-8", "POST", "/v1/recommend",
+         {"content": b'{"history": "\xff\xfe"}', "headers": json_h}, {400, 422}),
         ("50k-deep nested arrays", "POST", "/v1/recommend", {"content": nested, "headers": json_h}, {400, 422}),
         ("text/plain body", "POST", "/v1/recommend",
          {"content": json.dumps({"history": hist}).encode(), "headers": {**auth, "content-type": "text/plain"}},

@@ -28,10 +28,10 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import ray
 import soundfile as sf

@@ -55,7 +55,8 @@ def main() -> None:
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig
 
-    record: dict[str, Any] = {"benchmark": "gpu_check", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    record: dict[str, Any] = {"benchmark": "gpu_check",
+                              "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "machine": platform.platform(), "gpu": torch.cuda.get_device_name(0),
                               "torch": torch.__version__, "bf16_supported": torch.cuda.is_bf16_supported()}
     WORKDIR.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -93,7 +94,8 @@ def text_view(config: SynthConfig, world: World) -> View:
     tempo = np.array([1.0 if "fast" in t else -1.0 if "slow" in t else 0.0 for t in world.tags])
     attributes = np.column_stack([tagged("major key", "minor key"), tempo, tagged("energetic", "calm")])
     genre = np.clip(tag_genre + title_genre, 0, 1)
-    acoustic = genre @ np.array([1.0 if name in ACOUSTIC_GENRES else -1.0 for name in names]) / np.maximum(genre.sum(1), 1)
+    acoustic = (genre @ np.array([1.0 if name in ACOUSTIC_GENRES else -1.0 for name in names])
+                / np.maximum(genre.sum(1), 1))
     return View(np.column_stack([genre, attributes[:, 2]]), np.column_stack([genre, attributes, acoustic]))
 
 
@@ -226,7 +228,8 @@ def goals(summary: dict[str, float]) -> dict[str, bool]:
     return {
         "ceiling >= 0.85": min(s["ceiling_warm"], s["ceiling_cold"]) >= 0.85,
         "oracle_64 >= 0.70": min(s["oracle_64_warm"], s["oracle_64_cold"]) >= 0.70,
-        "oracle_256 > oracle_64": s["oracle_256_warm"] > s["oracle_64_warm"] and s["oracle_256_cold"] > s["oracle_64_cold"],
+        "oracle_256 > oracle_64": (s["oracle_256_warm"] > s["oracle_64_warm"]
+                                   and s["oracle_256_cold"] > s["oracle_64_cold"]),
         "audio_view_cold_64 >= text_view_cold_64 + 0.05": s["audio_view_cold_64"] >= s["text_view_cold_64"] + 0.05,
         "popularity_cold == 0.5": abs(s["popularity_cold"] - 0.5) < 1e-9,
         "like_share_cold <= oracle_256_cold - 0.03": s["like_share_cold"] <= s["oracle_256_cold"] - 0.03,
@@ -247,7 +250,8 @@ def plot(results: list[dict[str, Any]], shots: list[int], path: Path) -> None:
                   *[(f"oracle, {n} shots", [r[where][f"oracle_{n}"]["mean"] for r in results],
                      [r[where][f"oracle_{n}"]["sd"] for r in results]) for n in shots],
                   ("like share alone", [r[where]["like_share"] for r in results], None),
-                  (f"item alone, {shots[-1]} shots", [r[where][f"item_only_{shots[-1]}"]["mean"] for r in results], None)]
+                  (f"item alone, {shots[-1]} shots", [r[where][f"item_only_{shots[-1]}"]["mean"] for r in results],
+                   None)]
         if where == "cold":
             series += [(f"audio view, {n} shots", [r[where][f"audio_view_{n}"]["mean"] for r in results], None)
                        for n in shots if n == 64]

@@ -72,12 +72,12 @@ def prepare(work: Path, catalogue: int, load_model: str) -> dict[str, Path]:
     """Dataset, feature store and the two artifacts (load model, SmolLM2) under ``work``, reused."""
     import torch
 
+    from atflrec.base_model.fetch import resolve_base_model
     from atflrec.data.synth import SynthConfig, generate
     from atflrec.features.pipeline import FeatureConfig, build_feature_store
     from atflrec.features.store import load_features
     from atflrec.model.artifact import save_artifact
     from atflrec.model.network import ModelConfig
-    from atflrec.base_model.fetch import resolve_base_model
     from atflrec.training.local import build_model
 
     paths = {"dataset": work / "data", "features": work / "features", "load": work / f"model-{load_model}",
@@ -315,7 +315,8 @@ def main() -> None:
         bodies = requests_for(item_ids, max(per_level.values()), seed=0)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        load, errors = serve_levels(paths, work, port, args.batch_wait_s, bodies, per_level, args.max_seconds, args.repeats)
+        load, errors = serve_levels(paths, work, port, args.batch_wait_s, bodies, per_level, args.max_seconds,
+                                    args.repeats)
         floor = serve_floor_p50_ms(port, bodies, per_level[1], args.max_seconds)
         serve.shutdown()
         ray.shutdown()

@@ -34,12 +34,12 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from atflrec.baselines import RECOMMENDERS, Context, Item, build_recommender
+from atflrec.baselines import Context, Item, build_recommender
 from atflrec.data.instructions import import_instructions
 from atflrec.metrics import auc
 from atflrec.samples import few_shot, read_samples

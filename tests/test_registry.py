@@ -23,8 +23,10 @@ def test_register_lookup_and_sorted_iteration() -> None:
 @pytest.mark.parametrize(
     ("model", "override", "expected"),
     [
-        (AudioEncoderConfig, "pooling=median", f"pooling: Value error, unknown pooling 'median'; choose one of {list(POOLINGS)}"),
-        (FusionConfig, "strategy=stacked", f"strategy: Value error, unknown fusion strategy 'stacked'; choose one of {list(STRATEGIES)}"),
+        (AudioEncoderConfig, "pooling=median",
+         f"pooling: Value error, unknown pooling 'median'; choose one of {list(POOLINGS)}"),
+        (FusionConfig, "strategy=stacked",
+         f"strategy: Value error, unknown fusion strategy 'stacked'; choose one of {list(STRATEGIES)}"),
     ],
 )
 def test_unknown_name_in_config_names_key_and_choices(model, override: str, expected: str) -> None:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from atflrec.config import StrictModel
 from atflrec.registry import Registry
 
 Row = dict[str, Any]
-RECOMMENDERS: Registry[type["Recommender"]] = Registry("recommender")
+RECOMMENDERS: Registry[type[Recommender]] = Registry("recommender")
 
 
 @dataclass(frozen=True)

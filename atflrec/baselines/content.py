@@ -16,15 +16,15 @@ shows more than that the LLM can count the history's labels.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import Field
 
 from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, labels_of
 from atflrec.baselines.user_rate import like_share
-from atflrec.item_vectors import AudioEncoder, TextEncoder, item_text
 from atflrec.config import ConfigError, StrictModel
+from atflrec.item_vectors import AudioEncoder, TextEncoder, item_text
 
 
 class ContentSettings(StrictModel):

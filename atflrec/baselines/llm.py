@@ -24,7 +24,8 @@ Work is shared through the run's memo (``Context.shared``), keyed by everything 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -37,11 +38,17 @@ from atflrec.model.batch import AUDIO, Batch, history_logit
 from atflrec.model.fusion import PassOutput, Stage
 from atflrec.model.network import ATFLRecModel, ModelConfig, prompt_kind
 from atflrec.model.scoring import probability
-from atflrec.training.loop import StageLoop
 from atflrec.training.local import (
-    OptimConfig, autocast, build_model, fit_audio_normalisation, make_batches, make_collator, resolve_device,
+    OptimConfig,
+    autocast,
+    build_model,
+    fit_audio_normalisation,
+    make_batches,
+    make_collator,
+    resolve_device,
     train_stage,
 )
+from atflrec.training.loop import StageLoop
 
 
 def _indented(message: str) -> None:
@@ -62,7 +69,8 @@ def _stage_summary(stage: str, evaluations: Sequence[dict[str, Any]]) -> str:
 class LLMSettings(StrictModel):
     fixed_strategy: ClassVar[str | None] = None
 
-    model: ModelConfig = Field(default_factory=ModelConfig, description="the model (base model, prompt, encoder, LoRA, fusion)")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="the model (base model, prompt, encoder, LoRA, fusion)")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimisation, per stage")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocasts the forward pass")
     device: str = Field("auto", description="torch device; auto picks cuda when available")
@@ -121,7 +129,8 @@ class _CachedPasses(torch.nn.Module):
     def forward(self, batch: Batch, stage: Stage | None = None) -> torch.Tensor:
         index = torch.tensor([self.position[s] for s in batch.sample_ids])
         device = batch.labels.device
-        picked = {a: PassOutput(o.margin[index].to(device), o.hidden[index].to(device)) for a, o in self.outputs.items()}
+        picked = {a: PassOutput(o.margin[index].to(device), o.hidden[index].to(device))
+                  for a, o in self.outputs.items()}
         history = None if batch.history_logit is None else batch.history_logit.to(device)
         return self.model.fusion.combine(picked, history)
 

@@ -11,7 +11,7 @@ never seen in training are scored like any other.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from pydantic import Field
@@ -14,7 +14,9 @@ class TorchSettings(StrictModel):
     dim: int = Field(32, ge=1, description="embedding size")
     epochs: int = Field(200, ge=1, description="full-batch Adam steps")
     lr: float = Field(0.01, gt=0, description="Adam learning rate")
-    l2: float = Field(1.0, ge=0, description="L2 penalty on all weights, summed (lambda * ||w||^2 / examples): few shots overfit fast")
+    l2: float = Field(
+        1.0, ge=0,
+        description="L2 penalty on all weights, summed (lambda * ||w||^2 / examples): few shots overfit fast")
 
 
 def fit_full_batch(module: torch.nn.Module, loss: Callable[[], torch.Tensor], examples: int,

@@ -7,7 +7,7 @@ items or taste, only that some users like more than others.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import Field

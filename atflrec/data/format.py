@@ -115,7 +115,8 @@ def interactions_table(user_ids: list[str], item_ids: list[str], labels: list[in
     )
 
 
-def write_dataset(root: str | Path, items: pa.Table, interactions: pa.Table, metadata: dict[str, Any] | None = None) -> Path:
+def write_dataset(root: str | Path, items: pa.Table, interactions: pa.Table,
+                  metadata: dict[str, Any] | None = None) -> Path:
     """Write both tables (cast to the v1 schemas) and ``dataset.json`` into ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

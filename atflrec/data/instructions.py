@@ -121,7 +121,8 @@ def _target(rest: str, index: int) -> tuple[str, str]:
 
 def parse_record(record: dict[str, Any], user_id: str, index: int) -> dict[str, Any]:
     """One Alpaca record → one sample row."""
-    if not isinstance(record, dict) or not isinstance(record.get("input"), str) or not isinstance(record.get("output"), str):
+    if (not isinstance(record, dict) or not isinstance(record.get("input"), str)
+            or not isinstance(record.get("output"), str)):
         raise InstructionError(f"record {index}: needs string fields 'input' and 'output'")
     lists: dict[str, str] = {}
     rest: list[str] = []

@@ -68,7 +68,7 @@ import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -225,7 +225,8 @@ class SynthConfig(StrictModel):
     tag_attribute_rate: float = Field(
         0.25, ge=0, le=1, description="probability of each truthful mode / tempo / energy tag (0: audio only)")
     audible_quality: float = Field(
-        0.5, ge=0, le=1, description="how strongly low quality is rendered into the clip (hiss, hum, clipping); 0: never heard")
+        0.5, ge=0, le=1,
+        description="how strongly low quality is rendered into the clip (hiss, hum, clipping); 0: never heard")
     interactions_per_user: tuple[int, int] = Field(
         (20, 40), description="inclusive [min, max] items each user sees (capped at items)")
     popularity_skew: float = Field(
@@ -244,7 +245,7 @@ class SynthConfig(StrictModel):
         return STYLES[: self.genres]
 
     @classmethod
-    def version_1(cls, **settings: Any) -> "SynthConfig":
+    def version_1(cls, **settings: Any) -> SynthConfig:
         """Generator version 1's world (no v2 terms), with ``settings`` on top: the same files v1 wrote."""
         return cls.model_validate({**V1_SETTINGS, **settings})
 
@@ -452,14 +453,14 @@ def _make_tags(config: SynthConfig, items: Items, rng: np.random.Generator) -> l
 
 # --- audio -------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _wavetable(harmonics: tuple[float, ...]) -> np.ndarray:
     phase = np.arange(TABLE_SIZE) / TABLE_SIZE
     wave = sum(a * np.sin(2 * np.pi * (k + 1) * phase) for k, a in enumerate(harmonics) if a)
     return (wave / np.abs(wave).max()).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _drum_sounds(sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Kick (falling sine), snare (noise + tone) and hi-hat (differentiated noise) one-shots."""
     rng = np.random.default_rng(0)  # fixed: the same drum kit for every item and run

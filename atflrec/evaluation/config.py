@@ -69,20 +69,25 @@ class EvalConfig(StrictModel):
     features: str | None = Field(None, description="feature store (from `atflrec features`); unset: no audio")
     data: str | None = Field(None, description="dataset directory for item titles and tags; unset: the samples' source")
     out: str = Field("runs/eval", description="output directory (results.parquet, report.md, plots)")
-    shots: list[int] = Field(default_factory=lambda: [16, 64, 256], min_length=1, description="few-shot training set sizes")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="seeds: few-shot draw, initialisation, shuffling")
+    shots: list[int] = Field(
+        default_factory=lambda: [16, 64, 256], min_length=1, description="few-shot training set sizes")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="seeds: few-shot draw, initialisation, shuffling")
     splits: dict[str, str] = Field(
         default_factory=lambda: {"warm": "test", "cold": "cold"},
         description="report name -> samples split; warm = later interactions with seen items, cold = items never seen",
     )
-    max_eval_samples: int | None = Field(300, ge=1, description="seeded subsample of each split, the same rows for every model")
+    max_eval_samples: int | None = Field(
+        300, ge=1, description="seeded subsample of each split, the same rows for every model")
     validation_split: str = Field("val", description="samples split that model searches select on (never reported)")
     max_search_points: int = Field(
         8, ge=1, description="most settings a model's search may fit per draw: the same budget for every baseline")
     eval_seed: int = Field(0, description="seed of that subsample")
-    llm: dict[str, Any] = Field(default_factory=dict, description="settings shared by every LLM model; a model's own settings win key by key")
+    llm: dict[str, Any] = Field(
+        default_factory=dict, description="settings shared by every LLM model; a model's own settings win key by key")
     models: list[ModelSpec] = Field(min_length=1, description="the models, each trained on every (shots, seed)")
-    ablations: list[AblationSpec] = Field(default_factory=list, description="variants of one model, one settings key each")
+    ablations: list[AblationSpec] = Field(
+        default_factory=list, description="variants of one model, one settings key each")
     quick: QuickSettings = Field(default_factory=QuickSettings, description="what --quick shrinks this evaluation to")
 
     @field_validator("shots", "seeds")
@@ -100,7 +105,7 @@ class EvalConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _resolve(self) -> "EvalConfig":
+    def _resolve(self) -> EvalConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: repeated names in {names}")
@@ -109,7 +114,8 @@ class EvalConfig(StrictModel):
             _check_search(self, spec)
         for ablation in self.ablations:
             if ablation.model not in names:
-                raise ValueError(f"ablations.{ablation.name}.model: no model named {ablation.model!r} (models: {names})")
+                raise ValueError(
+                    f"ablations.{ablation.name}.model: no model named {ablation.model!r} (models: {names})")
             spec = next(m for m in self.models if m.name == ablation.model)
             for value in ablation.values:
                 model_settings(self, spec, {ablation.key: value}, where=f"ablations.{ablation.name}")
@@ -135,7 +141,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` on top of ``base``, recursing into mappings."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
     return merged
 
 
@@ -150,7 +157,8 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return {**data, head: _set(child, rest, value)}
 
 
-def model_settings(config: EvalConfig, spec: ModelSpec, changes: dict[str, Any] | None = None, where: str = "") -> StrictModel:
+def model_settings(config: EvalConfig, spec: ModelSpec, changes: dict[str, Any] | None = None,
+                   where: str = "") -> StrictModel:
     """The validated settings of ``spec`` (LLM defaults merged in, ``changes`` applied)."""
     from pydantic import ValidationError
 
@@ -234,6 +242,7 @@ def quick_config(config: EvalConfig) -> EvalConfig:
     data.update(
         shots=quick.shots, seeds=quick.seeds, models=[m.model_dump() for m in models],
         max_eval_samples=min(quick.max_eval_samples, config.max_eval_samples or quick.max_eval_samples),
-        ablations=[a.model_dump() | {"shots": None, "seeds": None} for a in config.ablations] if quick.ablations else [],
+        ablations=([a.model_dump() | {"shots": None, "seeds": None} for a in config.ablations]
+                   if quick.ablations else []),
     )
     return EvalConfig.model_validate(data)

@@ -93,7 +93,8 @@ def _variant_settings(config: EvalConfig, model: str, ablation: str, variant: st
 
 def _means(df: pd.DataFrame, split: str, shots: int) -> pd.DataFrame:
     at = df[(df["split"] == split) & (df["shots"] == shots)]
-    return at.groupby(["model", "kind", "ablation", "variant"], dropna=False)["auc"].agg(["mean", "count"]).reset_index()
+    return (at.groupby(["model", "kind", "ablation", "variant"], dropna=False)["auc"]
+            .agg(["mean", "count"]).reset_index())
 
 
 def _best(means: pd.DataFrame, kinds: tuple[str, ...], default_only: bool = True) -> pd.Series | None:
@@ -174,12 +175,12 @@ def _significance(out: Path, df: pd.DataFrame, splits: list[str]) -> list[str]:
         means = _means(df, split, shots)
         best = _best(means, ("atflrec",), default_only=False)
 
-        def scores(row: pd.Series) -> list:
+        def scores(row: pd.Series, split: str = split, shots: int = shots) -> list:
             pick = df[(df["model"] == row["model"]) & (df["ablation"] == row["ablation"])
                       & (df["variant"] == row["variant"]) & (df["split"] == split) & (df["shots"] == shots)]
             return [list(v) for v in pick["scores"]]
 
-        for title, kinds, _ in (*GOALS, ("content", ("content",), 0.0)):
+        for _title, kinds, _ in (*GOALS, ("content", ("content",), 0.0)):
             other = _best(means, kinds)
             if other is None:
                 continue
@@ -205,7 +206,8 @@ def _plots(out: Path, df: pd.DataFrame, config: EvalConfig, models: list[str], s
         for model in models:
             sub = main[(main["model"] == model) & (main["split"] == split)].groupby("shots")["auc"]
             stats = sub.agg(["mean", "std"]).reset_index()
-            axis.errorbar(stats["shots"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=model)
+            axis.errorbar(stats["shots"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                          label=model)
         axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         if split in oracle:
             axis.axhline(oracle[split], color="black", linestyle="--", linewidth=1, label="noise-free bound")
@@ -221,7 +223,8 @@ def _plots(out: Path, df: pd.DataFrame, config: EvalConfig, models: list[str], s
     figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(models)), 4.5))
     width = 0.8 / max(1, len(splits))
     for n, split in enumerate(splits):
-        means = [main[(main["model"] == m) & (main["split"] == split) & (main["shots"] == largest.get(m, -1))]["auc"].mean()
+        means = [main[(main["model"] == m) & (main["split"] == split)
+                      & (main["shots"] == largest.get(m, -1))]["auc"].mean()
                  for m in models]
         axis.bar([i + n * width for i in range(len(models))], means, width, label=split)
     axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
@@ -242,7 +245,8 @@ def _plots(out: Path, df: pd.DataFrame, config: EvalConfig, models: list[str], s
         shots = int(sub["shots"].max())
         figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(variants)), 4))
         for n, split in enumerate(splits):
-            stats = [sub[(sub["variant"] == v) & (sub["split"] == split) & (sub["shots"] == shots)]["auc"] for v in variants]
+            stats = [sub[(sub["variant"] == v) & (sub["split"] == split) & (sub["shots"] == shots)]["auc"]
+                     for v in variants]
             axis.bar([i + n * width for i in range(len(variants))], [s.mean() for s in stats], width,
                      yerr=[s.std(ddof=1) if len(s) > 1 else 0 for s in stats], capsize=3, label=split)
         axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
@@ -293,8 +297,8 @@ def _search_table(main: pd.DataFrame, config: EvalConfig) -> list[str]:
                          "; ".join(f"{point} ×{count}" for point, count in picks.items()),
                          f"{group['val_auc'].mean():.3f}"])
     return ["## Validation-selected settings of the baselines\n",
-            f"Each searched model fits every point of its grid (at most {config.max_search_points}, the same budget for "
-            f"every baseline) on the few-shot draw and keeps the one with the best AUC on the "
+            f"Each searched model fits every point of its grid (at most {config.max_search_points}, "
+            f"the same budget for every baseline) on the few-shot draw and keeps the one with the best AUC on the "
             f"`{config.validation_split}` split; the tables above report that one.\n",
             _table(["model", "shots", "grid points", "chosen (× seeds)", "validation AUC"], rows), ""]
 
@@ -303,7 +307,8 @@ def _time_line(run: dict[str, Any], compute: float) -> str:
     invocations = run.get("invocations", [])
     line = f"- started {run.get('started')}; this invocation took {run.get('wall_seconds', 0) / 60:.1f} min"
     if len(invocations) > 1:
-        runs = "; ".join(f"{i['started']}: {i['wall_seconds'] / 60:.1f} min, jobs run {i['jobs_run']}" for i in invocations)
+        runs = "; ".join(f"{i['started']}: {i['wall_seconds'] / 60:.1f} min, jobs run {i['jobs_run']}"
+                         for i in invocations)
         line += (f"; {len(invocations)} finished invocations into this directory took "
                  f"{sum(i['wall_seconds'] for i in invocations) / 60:.1f} min of {run.get('jobs')} jobs ({runs}; an "
                  "interrupted invocation leaves no record)")
@@ -335,9 +340,11 @@ def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
     compute = once["fit_seconds"].sum() + df["score_seconds"].sum()
     lines = [
         "# ATFLRec evaluation report\n",
-        f"- command: `{run['command']}`" if run.get("command") else "- run from Python (`run_evaluation`); config in `config.yaml`",
+        (f"- command: `{run['command']}`" if run.get("command")
+         else "- run from Python (`run_evaluation`); config in `config.yaml`"),
         _time_line(run, compute),
-        f"- machine: {machine.get('processor')}, {machine.get('cpus')} CPUs, torch threads {machine.get('torch_threads')}"
+        f"- machine: {machine.get('processor')}, {machine.get('cpus')} CPUs, "
+        f"torch threads {machine.get('torch_threads')}"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU") + f"; {machine.get('platform')}",
         f"- samples `{run.get('samples')}` ({run.get('train_rows')} training rows to draw from); features "
         f"`{run.get('features')}`; items from `{run.get('data')}`",
@@ -363,7 +370,8 @@ def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
         lines += _ablation_tables(df, config, splits)
     kinds = {m.name: m.resolved_kind for m in config.models if m.name in models}
     lines += ["## How each model scores cold-start items\n",
-              _table(["model", "kind", "cold-start items"], [[m, k, RECOMMENDERS[k].cold_start] for m, k in kinds.items()]),
+              _table(["model", "kind", "cold-start items"],
+                     [[m, k, RECOMMENDERS[k].cold_start] for m, k in kinds.items()]),
               "",
               "## Shared work\n",
               "LLM models trained on the same few-shot draw share trained adapters: the `separate` configuration's "

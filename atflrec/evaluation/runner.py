@@ -20,11 +20,12 @@ import json
 import os
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -147,7 +148,8 @@ def prepare_data(config: EvalConfig) -> EvalData:
     return EvalData(train, evals, validation, items, features, data_dir, key)
 
 
-def _fit(job: Job, data: EvalData, train_rows: list[Row], shared: dict[str, Any]) -> tuple[Any, str | None, float | None]:
+def _fit(job: Job, data: EvalData, train_rows: list[Row],
+         shared: dict[str, Any]) -> tuple[Any, str | None, float | None]:
     """The job's fitted model; for a search, the candidate with the best validation AUC (first on ties),
     with its point and that AUC."""
     context = Context(data.items, data.features, job.seed, shared, data.validation)
@@ -358,7 +360,8 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
         {"started": started.isoformat(timespec="seconds"), "wall_seconds": wall, "jobs_run": jobs_run}]
     run = {
         "command": command, "started": started.isoformat(timespec="seconds"),
-        "wall_seconds": wall, "jobs": len(jobs), "invocations": invocations, "machine": _machine(), "data_key": data.key,
+        "wall_seconds": wall, "jobs": len(jobs), "invocations": invocations, "machine": _machine(),
+        "data_key": data.key,
         "samples": config.samples, "features": config.features,
         "data": None if data.data_dir is None else str(data.data_dir),
         "eval_rows": {k: len(v) for k, v in data.evals.items()}, "train_rows": data.train.num_rows,

@@ -226,7 +226,8 @@ def _read_window(handle: sf.SoundFile, start: int, stop: int) -> np.ndarray:
     if bad:
         raise BadAudio("non-finite", f"{bad} NaN or infinite sample(s)")
     if got < len(out):
-        raise BadAudio("truncated", f"the header declares {handle.frames} frames; frame {start + got} could not be read")
+        raise BadAudio("truncated",
+                       f"the header declares {handle.frames} frames; frame {start + got} could not be read")
     return out
 
 

@@ -10,8 +10,8 @@ every requested Mel-bin count from one power spectrum with :mod:`.fbank`. Proble
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

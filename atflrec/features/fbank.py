@@ -10,8 +10,8 @@ and the log run once per count. The Mel matrices are built once per process.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import torch
 from torchaudio.compliance import kaldi
@@ -63,7 +63,7 @@ def power_spectrum(wave: torch.Tensor) -> torch.Tensor:
     return spectrum.pow(2.0) if o["use_power"] else spectrum
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mel_banks(n_mels: int, padded_window_size: int) -> torch.Tensor:
     """Mel filters ``(n_mels, padded_window_size // 2 + 1)``, zero in the Nyquist column as in fbank."""
     o = _OPTIONS

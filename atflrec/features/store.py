@@ -31,7 +31,8 @@ import json
 import os
 import re
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

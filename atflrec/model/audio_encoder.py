@@ -7,7 +7,7 @@ A pooling is one class in :data:`POOLINGS`; adding one there makes it selectable
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 from atflrec.config import StrictModel
 from atflrec.registry import Registry
 
-POOLINGS: Registry[type["Pooling"]] = Registry("pooling")
+POOLINGS: Registry[type[Pooling]] = Registry("pooling")
 
 
 class Pooling(nn.Module):

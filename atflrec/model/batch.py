@@ -7,8 +7,9 @@ are stacked in placeholder order (row by row, left to right) and padded over fra
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ class PromptInputs:
     audio: torch.Tensor | None = None  # [items, frames, n_mels], in placeholder order
     audio_mask: torch.Tensor | None = None  # [items, frames], True on real frames
 
-    def to(self, device: torch.device | str) -> "PromptInputs":
+    def to(self, device: torch.device | str) -> PromptInputs:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PromptInputs(move(self.input_ids), move(self.attention_mask), move(self.audio), move(self.audio_mask))
 
@@ -38,7 +39,7 @@ class Batch:
     user_ids: list[str] = field(default_factory=list)
     history_logit: torch.Tensor | None = None  # [batch] logit of the history's like share (see history_logit)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         moved = None if self.history_logit is None else self.history_logit.to(device)
         return replace(self, prompts={k: p.to(device) for k, p in self.prompts.items()}, labels=self.labels.to(device),
                        history_logit=moved)

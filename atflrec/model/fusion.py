@@ -18,7 +18,7 @@ from atflrec.config import StrictModel
 from atflrec.model.adapters import ADAPTER_SEES_AUDIO
 from atflrec.registry import Registry
 
-STRATEGIES: Registry[type["FusionStrategy"]] = Registry("fusion strategy")
+STRATEGIES: Registry[type[FusionStrategy]] = Registry("fusion strategy")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class FusionStrategy(nn.Module):
     adapters: ClassVar[tuple[str, ...]]
     lora_mode: ClassVar[str]  # "shared" or "separate", for reports
 
-    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+    def __init__(self, config: FusionConfig, hidden_size: int) -> None:
         super().__init__()
 
     @classmethod
@@ -106,7 +106,7 @@ class LateFusion(FusionStrategy):
     adapters = ("text", "audio")
     lora_mode = "separate"
 
-    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+    def __init__(self, config: FusionConfig, hidden_size: int) -> None:
         super().__init__(config, hidden_size)
         self.history_weight = nn.Parameter(torch.zeros(1)) if config.history_share else None
 
@@ -130,7 +130,7 @@ class LateFusion(FusionStrategy):
 class LateWeighted(LateFusion):
     """margin = w_text * m_text + w_audio * m_audio + b, starting as the plain average."""
 
-    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+    def __init__(self, config: FusionConfig, hidden_size: int) -> None:
         super().__init__(config, hidden_size)
         self.weights = nn.Parameter(torch.full((2,), 0.5))
         self.bias = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed cannot broadcast 0-d parameters
@@ -149,7 +149,7 @@ class LateHead(LateFusion):
     like the average of the two adapters; the head learns corrections from the hidden states.
     """
 
-    def __init__(self, config: "FusionConfig", hidden_size: int) -> None:
+    def __init__(self, config: FusionConfig, hidden_size: int) -> None:
         super().__init__(config, hidden_size)
         self.head = nn.Sequential(
             nn.Linear(2 * hidden_size, config.head_hidden), nn.SiLU(), nn.Linear(config.head_hidden, 1)

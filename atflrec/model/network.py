@@ -13,13 +13,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from atflrec.base_model.fetch import DEFAULT_MODEL
 from atflrec.config import StrictModel
 from atflrec.model.adapters import ADAPTER_SEES_AUDIO, LoraSettings, adapter_parameters, attach_adapters
 from atflrec.model.audio_encoder import AudioEncoder, AudioEncoderConfig
 from atflrec.model.batch import AUDIO, TEXT, Batch, PromptInputs
 from atflrec.model.fusion import FusionConfig, PassOutput, Stage, build_strategy
 from atflrec.model.scoring import answer_margin, yes_no_token_ids
-from atflrec.base_model.fetch import DEFAULT_MODEL
 from atflrec.prompts import PromptConfig, add_audio_token
 
 
@@ -78,7 +78,7 @@ class ATFLRecModel(nn.Module):
             p.requires_grad_(True)
         return trainable
 
-    def train(self, mode: bool = True) -> "ATFLRecModel":
+    def train(self, mode: bool = True) -> ATFLRecModel:
         """Train mode for the stage's trained parts only: frozen parts keep dropout off."""
         super().train(mode)
         if mode:

@@ -25,7 +25,8 @@ import base64
 import binascii
 import hmac
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -42,8 +43,20 @@ from atflrec.serving.config import DEPLOYMENT, ServeArgs
 from atflrec.serving.prefix import Query
 from atflrec.serving.retrieval import catalogue_index, sync
 from atflrec.serving.schemas import (
-    DeletedItem, ErrorResponse, FieldError, Health, HistoryEntry, ItemRequest, ItemResponse, ModelInfo,
-    RecommendedItem, RecommendRequest, RecommendResponse, ScoredItem, ScoreRequest, ScoreResponse,
+    DeletedItem,
+    ErrorResponse,
+    FieldError,
+    Health,
+    HistoryEntry,
+    ItemRequest,
+    ItemResponse,
+    ModelInfo,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+    ScoreRequest,
+    ScoreResponse,
 )
 from atflrec.serving.scorer import ServedModel, audio_mels, describe, top_k
 
@@ -96,7 +109,8 @@ class Guard:
             given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
             kind, _, value = given.partition(" ")
             if kind.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-                response = _error(401, [("authorization", "a valid 'Authorization: Bearer <token>' header is required")])
+                response = _error(401, [("authorization",
+                                          "a valid 'Authorization: Bearer <token>' header is required")])
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return await response(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +82,7 @@ class Catalogue:
         self.revision = 0  # counts changes to the item set, so a derived index syncs only after one
 
     @classmethod
-    def load(cls, dataset: str, store: str, n_mels: Iterable[int], items_dir: str) -> "Catalogue":
+    def load(cls, dataset: str, store: str, n_mels: Iterable[int], items_dir: str) -> Catalogue:
         """The dataset's items, the store's features for ``n_mels`` and the cold items in ``items_dir``.
 
         Without any Mel-bin count (text-only models) uploads are still featurised, at the store's
@@ -153,7 +153,8 @@ class Catalogue:
         pq.write_table(table, buffer)
         path = self.items_dir / f"{item_id}.parquet"
         try:
-            atomic_write_bytes(path, buffer.getvalue(), exclusive=True)  # exclusive: two replicas cannot both add one id
+            # exclusive: two replicas cannot both add one id
+            atomic_write_bytes(path, buffer.getvalue(), exclusive=True)
         except FileExistsError:
             raise ItemExists(f"item {item_id!r} is already in the catalogue") from None
         self._load(path)
@@ -162,7 +163,8 @@ class Catalogue:
         """Remove a cold-start item (its file, and from this replica; others forget it on refresh)."""
         self.refresh()
         if item_id not in self._cold:
-            what = "a dataset item; only cold-start items can be deleted" if item_id in self else "no such cold-start item"
+            what = ("a dataset item; only cold-start items can be deleted" if item_id in self
+                    else "no such cold-start item")
             raise NotColdItem(f"item {item_id!r}: {what}")
         try:
             (self.items_dir / f"{item_id}.parquet").unlink()
@@ -231,7 +233,8 @@ class Catalogue:
                         row["n_frames"], row["n_mels"])
             missing = sorted(set(self._features) - set(arrays))
             if missing:
-                raise ValueError(f"no {missing}-bin features (uploaded when those were not kept); delete and re-upload it")
+                raise ValueError(
+                    f"no {missing}-bin features (uploaded when those were not kept); delete and re-upload it")
         except Exception as exc:  # noqa: BLE001 - any unusable file is skipped, never fatal
             reason = f"{type(exc).__name__}: {str(exc)[:300]}"
             if self.bad_items.get(path.name) != reason:

@@ -9,9 +9,10 @@ deployment and HTTP options.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -111,7 +112,8 @@ class ServeArgs(StrictModel):
     limits: Limits = Field(default_factory=Limits, description="request limits")
     batching: Batching = Field(default_factory=Batching, description="request batching")
     retrieval: RetrievalConfig = Field(
-        default_factory=RetrievalConfig, description="the retrieval stage of /v1/recommend (the LLM re-ranks its shortlist)")
+        default_factory=RetrievalConfig,
+        description="the retrieval stage of /v1/recommend (the LLM re-ranks its shortlist)")
     index_dir: str | None = Field(
         None, description="where the retrieval index is kept (built at the first start); unset: <items_dir>.index")
     auth: Auth = Field(default_factory=Auth, description="bearer-token authentication")
@@ -132,7 +134,7 @@ class ServeArgs(StrictModel):
     def retrieval_index_dir(self) -> str:
         return self.index_dir or f"{self.items_dir.rstrip('/')}.index"
 
-    def resolved(self) -> "ServeArgs":
+    def resolved(self) -> ServeArgs:
         """Local paths made absolute, so every replica reads the same files whatever its directory."""
         from atflrec.features.store import absolute_uri
 

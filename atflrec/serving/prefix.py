@@ -15,8 +15,9 @@ cache rows of its own query, with the prefix padding masked out.
 from __future__ import annotations
 
 import os
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import Container, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

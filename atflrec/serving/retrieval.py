@@ -24,8 +24,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -45,7 +46,8 @@ class RetrievalConfig(StrictModel):
     text_weight: float = Field(1.0, ge=0, description="weight of the text vector in the item vector")
     audio_weight: float = Field(1.0, ge=0, description="weight of the audio vector in the item vector")
     popularity_weight: float = Field(0.2, ge=0, description="weight of the standardised log-likes prior")
-    n_mels: int | None = Field(None, ge=1, description="Mel-bin count of the audio vectors; unset: the store's smallest")
+    n_mels: int | None = Field(
+        None, ge=1, description="Mel-bin count of the audio vectors; unset: the store's smallest")
 
 
 class ItemIndex:
@@ -72,7 +74,7 @@ class ItemIndex:
     @classmethod
     def build(cls, config: RetrievalConfig, items: Mapping[str, tuple[str, Sequence[str]]],
               features: Mapping[str, np.ndarray], likes: Mapping[str, int], fingerprint: str = "",
-              seed: int = 0) -> "ItemIndex":
+              seed: int = 0) -> ItemIndex:
         """Fit the encoders on ``items`` (id -> (title, tags)) and their ``features`` (id -> FBank
         frames; items without audio may be missing) and index every item; ``likes``: likes per item."""
         ids = list(items)
@@ -162,7 +164,8 @@ class ItemIndex:
             tensors = {"vectors": self.vectors, "popularity": self.popularity, "text.idf": self.text.idf,
                        "text.components": self.text.components}
             if self.audio is not None:
-                tensors.update({f"audio.{k}": getattr(self.audio, k) for k in ("mean", "scale", "centre", "components")})
+                tensors.update({f"audio.{k}": getattr(self.audio, k)
+                                for k in ("mean", "scale", "centre", "components")})
             save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(staging / TENSORS_FILE))
             meta = {"fingerprint": self.fingerprint, "config": self.config.model_dump(mode="json"), "ids": self.ids,
                     "vocabulary": self.text.vocabulary}
@@ -184,7 +187,7 @@ class ItemIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ItemIndex":
+    def load(cls, directory: str | Path) -> ItemIndex:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
@@ -229,7 +232,8 @@ def load_or_build(directory: str | Path, fingerprint: str, build: Callable[[], I
     return index
 
 
-def catalogue_index(config: RetrievalConfig, catalogue: Any, dataset: str, store: str, directory: str | Path) -> ItemIndex:
+def catalogue_index(config: RetrievalConfig, catalogue: Any, dataset: str, store: str,
+                    directory: str | Path) -> ItemIndex:
     """The index of a serving :class:`~atflrec.serving.catalogue.Catalogue`: loaded from ``directory``
     when built from the same dataset, store and settings, else built from the dataset's items (likes
     counted in its interactions) and saved; then every item the catalogue gained since is added."""

@@ -66,7 +66,8 @@ class RecommendedItem(ScoredItem):
 
 class RecommendResponse(BaseModel):
     model: str
-    items: list[RecommendedItem] = Field(..., description="the top k unseen catalogue items by the LLM's score, best first")
+    items: list[RecommendedItem] = Field(
+        ..., description="the top k unseen catalogue items by the LLM's score, best first")
     retrieved: int = Field(..., description="items the retrieval stage shortlisted; the LLM scored exactly these")
     catalogue_size: int = Field(..., description="items in the catalogue")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ class ServedModel:
 
     @classmethod
     def load(cls, model_id: str, path: str, catalogue: Catalogue, base_model: str | None = None,
-             device: str = "auto") -> "ServedModel":
+             device: str = "auto") -> ServedModel:
         from atflrec.model.artifact import load_artifact, read_meta
         from atflrec.training.local import resolve_device
 

@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 
 from atflrec.config import ConfigError
 from atflrec.errors import UserError
-from atflrec.ray_connect import connect
 from atflrec.features.store import absolute_uri, resolve
+from atflrec.ray_connect import connect
 from atflrec.samples import SAMPLE_SCHEMA
 from atflrec.training.deepspeed_config import resolve_deepspeed_config
 from atflrec.training.distributed_config import TrainConfig
@@ -51,7 +51,8 @@ def features_table(features: dict[str, np.ndarray]) -> pa.Table:
         "item_id": pa.array(items, pa.string()),
         "n_frames": pa.array([features[i].shape[0] for i in items], pa.int32()),
         "n_mels": pa.array([features[i].shape[1] for i in items], pa.int32()),
-        "features": pa.array([np.ascontiguousarray(features[i], dtype=np.float16).tobytes() for i in items], pa.binary()),
+        "features": pa.array([np.ascontiguousarray(features[i], dtype=np.float16).tobytes() for i in items],
+                             pa.binary()),
     })
 
 
@@ -139,7 +140,8 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
     if out is not None and outcome.best_checkpoint is not None:
         best = [c for c, _ in result.best_checkpoints or [] if c.path == outcome.best_checkpoint]
         if not best:
-            raise TrainingError(f"the best checkpoint {outcome.best_checkpoint} is not among the run's kept checkpoints")
+            raise TrainingError(
+                f"the best checkpoint {outcome.best_checkpoint} is not among the run's kept checkpoints")
         outcome.exported = export_checkpoint(best[0], out)
     return outcome
 

@@ -36,7 +36,8 @@ class RunSettings(StrictModel):
     name: str = Field("atflrec-train", min_length=1, description="run name: the folder under storage_path")
     storage_path: str = Field("runs/train", description="local path or URI (s3://, gs://) for checkpoints and results")
     max_failures: int = Field(1, ge=0, description="worker-group failures to recover from (from the last checkpoint)")
-    keep_best: int = Field(2, ge=1, description="checkpoints kept, best by validation AUC of finished models (the latest is always kept)")
+    keep_best: int = Field(
+        2, ge=1, description="checkpoints kept, best by validation AUC of finished models (the latest is always kept)")
 
 
 class TrainConfig(TrainingSettings):
@@ -45,11 +46,13 @@ class TrainConfig(TrainingSettings):
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="workers and their resources")
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings, description="DeepSpeed config")
     run: RunSettings = Field(default_factory=RunSettings, description="run name, storage and fault tolerance")
-    address: str | None = Field(None, description="Ray cluster address (ray://... or auto); unset: RAY_ADDRESS or a local cluster")
-    out: str | None = Field(None, description="export the best checkpoint here (an artifact serving loads); unset: none")
+    address: str | None = Field(
+        None, description="Ray cluster address (ray://... or auto); unset: RAY_ADDRESS or a local cluster")
+    out: str | None = Field(
+        None, description="export the best checkpoint here (an artifact serving loads); unset: none")
 
     @model_validator(mode="after")
-    def _validation_split(self) -> "TrainConfig":
+    def _validation_split(self) -> TrainConfig:
         if "val" not in self.eval_splits:
             raise ValueError("eval_splits must include 'val': checkpoints are ranked by validation AUC")
         return self

@@ -12,9 +12,10 @@ engine plugged into its backward and step; per-stage trainable parameters come f
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,12 @@ from atflrec.model.fusion import Stage
 from atflrec.model.network import ATFLRecModel, ModelConfig
 from atflrec.samples import SAMPLE_SCHEMA, few_shot, read_samples
 from atflrec.training.loop import (  # noqa: F401  (re-exported: callers import them from here)
-    OptimConfig, StageLoop, autocast, compute_loss, make_batches, predict,
+    OptimConfig,
+    StageLoop,
+    autocast,
+    compute_loss,
+    make_batches,
+    predict,
 )
 
 
@@ -37,7 +43,8 @@ class TrainingSettings(StrictModel):
     """What any training run needs, in this process or on a Ray cluster."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
-    samples: str | None = Field(None, description="samples directory (from `atflrec samples` or import-instructions); required")
+    samples: str | None = Field(
+        None, description="samples directory (from `atflrec samples` or import-instructions); required")
     features: str | None = Field(None, description="feature store URI; unset trains without audio")
     shots: int | None = Field(64, ge=1, description="few-shot training set size; unset uses every train sample")
     seed: int = Field(0, description="seed for the few-shot draw, initialisation and shuffling")
@@ -126,10 +133,12 @@ def make_optimizer(model: ATFLRecModel, stage: Stage, optim: OptimConfig) -> tor
 
 
 def train_stage(model: ATFLRecModel, stage: Stage, rows: Sequence[dict[str, Any]], collator: Collator,
-                optim: OptimConfig, precision: str = "fp32", seed: int = 0, stage_index: int = 0) -> tuple[list[float], float]:
+                optim: OptimConfig, precision: str = "fp32", seed: int = 0,
+                stage_index: int = 0) -> tuple[list[float], float]:
     """Train one stage with :class:`~atflrec.training.loop.StageLoop`, without validation; returns the
     mean loss of each optimizer step and samples/s."""
-    result = StageLoop(model, stage, rows, collator, optim, seed=seed, stage_index=stage_index, precision=precision).run()
+    result = StageLoop(model, stage, rows, collator, optim, seed=seed, stage_index=stage_index,
+                       precision=precision).run()
     return result.losses, result.samples_per_s
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,27 +51,32 @@ class OptimConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; unset disables it")
     schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="learning-rate decay after the warm-up, to 0 at the stage's last step")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of each stage's optimizer steps spent warming up linearly from 0")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="fraction of each stage's optimizer steps spent warming up linearly from 0")
     eval_every: int = Field(1, ge=1, description="score the validation split every N epochs (and after a stage's last)")
-    patience: int | None = Field(None, ge=1, description="stop a stage after N evaluations without improvement; unset: no early stopping")
-    min_delta: float = Field(0.0, ge=0, description="how much the validation score must rise to count as an improvement")
+    patience: int | None = Field(
+        None, ge=1, description="stop a stage after N evaluations without improvement; unset: no early stopping")
+    min_delta: float = Field(
+        0.0, ge=0, description="how much the validation score must rise to count as an improvement")
 
     @model_validator(mode="after")
-    def _patience_needs_evaluations(self) -> "OptimConfig":
+    def _patience_needs_evaluations(self) -> OptimConfig:
         if self.patience is not None and self.eval_every > self.epochs:
-            raise ValueError(f"patience: set eval_every ({self.eval_every}) <= epochs ({self.epochs}) for early stopping")
+            raise ValueError(
+                f"patience: set eval_every ({self.eval_every}) <= epochs ({self.epochs}) for early stopping")
         return self
 
 
 # --- pieces shared by training and scoring --------------------------------------------------------
 
-def autocast(precision: str, device: torch.device) -> ContextManager:
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-def make_batches(rows: Sequence[dict[str, Any]], batch_size: int, seed: int | None = None) -> Iterator[list[dict[str, Any]]]:
+def make_batches(rows: Sequence[dict[str, Any]], batch_size: int,
+                 seed: int | None = None) -> Iterator[list[dict[str, Any]]]:
     """Rows in micro-batches; shuffled with ``seed`` unless it is None."""
     order = np.arange(len(rows)) if seed is None else np.random.default_rng(seed).permutation(len(rows))
     for start in range(0, len(rows), batch_size):
@@ -82,7 +88,8 @@ def shuffle_seed(seed: int, stage_index: int, epoch: int) -> int:
     return seed + 1000 * stage_index + epoch
 
 
-def compute_loss(model: torch.nn.Module, batch: Batch, stage: Stage, precision: str, device: torch.device) -> torch.Tensor:
+def compute_loss(model: torch.nn.Module, batch: Batch, stage: Stage, precision: str,
+                 device: torch.device) -> torch.Tensor:
     """Cross-entropy over the Yes/No answer for one micro-batch (``model`` may be a wrapper)."""
     with autocast(precision, device):
         margin = model(batch, stage)
@@ -156,7 +163,8 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path, name
             else:
                 plain[str(index)][key] = value
     save_file(tensors, str(directory / f"{name}.safetensors"))
-    (directory / f"{name}.json").write_text(json.dumps({"param_groups": state["param_groups"], "plain": plain, **meta}) + "\n")
+    (directory / f"{name}.json").write_text(
+        json.dumps({"param_groups": state["param_groups"], "plain": plain, **meta}) + "\n")
 
 
 def read_optimizer_state(directory: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -202,7 +210,7 @@ class LoopState:
         self.best_score = self.best_epoch = self.best_step = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LoopState":
+    def from_dict(cls, data: dict[str, Any]) -> LoopState:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -347,7 +355,8 @@ class StageLoop:
         scores = None
         if self.val_rows is not None:
             scores = self.validation_scores()
-            metrics = evaluate_scores([r["label"] for r in self.val_rows], scores, [r["user_id"] for r in self.val_rows])
+            metrics = evaluate_scores([r["label"] for r in self.val_rows], scores,
+                                      [r["user_id"] for r in self.val_rows])
         value = selection_value(metrics)
         state.evaluations += 1
         if value is not None:

@@ -31,10 +31,11 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,13 @@ from atflrec.model.network import ATFLRecModel
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
 from atflrec.training.loop import (
-    LoopState, StageLoop, compute_loss, predict, read_optimizer_state, save_optimizer_state, selection_value,
+    LoopState,
+    StageLoop,
+    compute_loss,
+    predict,
+    read_optimizer_state,
+    save_optimizer_state,
+    selection_value,
 )
 
 PROGRESS_FILE = "progress.json"
@@ -121,7 +128,8 @@ def load_trained_state(model: ATFLRecModel, state: dict[str, torch.Tensor]) -> N
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if is_trained_key(k)]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"trained state does not fit the model: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise RuntimeError(f"trained state does not fit the model: missing {missing[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]}")
 
 
 def all_mean(values: Sequence[float], device: torch.device) -> float:

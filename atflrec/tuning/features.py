@@ -30,7 +30,8 @@ def ensure_features(plan: SearchPlan) -> None:
             raise StoreError(
                 f"the feature store at {store!r} holds Mel-bin counts {held} but the space also uses {missing}: "
                 f"set data=DATASET_DIR (atflrec tune --data DIR) to add them before the trials, or run "
-                f"`atflrec features --data DIR --out {store} --n-mels {','.join(map(str, sorted(set(held) | set(missing))))}`")
+                f"`atflrec features --data DIR --out {store} "
+                f"--n-mels {','.join(map(str, sorted(set(held) | set(missing))))}`")
         return
     clip = plan.space.feature_clip_seconds or (manifest["params"]["clip_seconds"] if manifest else None)
     if manifest is not None and not missing and clip == manifest["params"]["clip_seconds"]:

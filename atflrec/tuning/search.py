@@ -24,19 +24,27 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from atflrec.config import ConfigError, dump_config, load_config, read_yaml
 from atflrec.ray_connect import connect
+from atflrec.training.worker import MODEL_EVALS
 from atflrec.tuning.features import ensure_features
 from atflrec.tuning.placement import ReleaseOrphanedReservations
 from atflrec.tuning.plots import asha_rungs, plot_curves, plot_knobs
 from atflrec.tuning.results import (
-    PruneStoppedTrials, SearchError, best_trial, export_best, prune_stopped, records, write_tables,
+    PruneStoppedTrials,
+    SearchError,
+    best_trial,
+    export_best,
+    prune_stopped,
+    records,
+    write_tables,
 )
-from atflrec.tuning.space import SearchPlan, TuneSpace, plan as make_plan
-from atflrec.training.worker import MODEL_EVALS
+from atflrec.tuning.space import SearchPlan, TuneSpace
+from atflrec.tuning.space import plan as make_plan
 from atflrec.tuning.trial import run_trial, trial_dirname
 
 EXPERIMENT, RUNS, BEST, PLOTS, SPACE_FILE = "search", "trials", "best", "plots", "space.yaml"
@@ -150,7 +158,8 @@ def _tuner(plan: SearchPlan, out: Path, resume: bool) -> Any:
     # would run a just-finished trial again on --resume. The state is small: save it every second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume:
-        print(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue", flush=True)
+        print(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue",
+              flush=True)
         return tune.Tuner.restore(str(out / EXPERIMENT), _trainable(plan, out / RUNS),
                                   resume_unfinished=True, restart_errored=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +201,8 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
     if space.export is not None:
         export_best(best, Path(space.export))
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
-    print(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, {counts['error']} failed; "
+    print(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
+          f"{counts['error']} failed; "
           f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)", flush=True)
     print(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
           f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})", flush=True)

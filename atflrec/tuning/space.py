@@ -32,7 +32,8 @@ from atflrec.training.distributed_config import TrainConfig
 
 KINDS = ("choice", "uniform", "quniform", "loguniform", "randint")
 # Keys the search sets for every trial itself, or keeps fixed so concurrency follows resources.
-OWNED = {"run.name": "the search names each trial's run", "run.storage_path": "the search stores every trial under --out",
+OWNED = {"run.name": "the search names each trial's run",
+         "run.storage_path": "the search stores every trial under --out",
          "out": "the search exports the best trial to --out/best", "address": "set address at the top of the space",
          "scaling": "per-trial workers are fixed for a search (set them under train.scaling)"}
 N_MELS_KEY = ("model", "encoder", "n_mels")
@@ -43,7 +44,8 @@ class Distribution(StrictModel):
 
     choice: list[Any] | None = Field(None, min_length=1, description="one of these values, uniformly")
     uniform: tuple[float, float] | None = Field(None, description="uniform in [low, high]")
-    quniform: tuple[float, float, float] | None = Field(None, description="uniform in [low, high], rounded to multiples of q")
+    quniform: tuple[float, float, float] | None = Field(
+        None, description="uniform in [low, high], rounded to multiples of q")
     loguniform: tuple[float, float] | None = Field(None, description="log-uniform in [low, high] (low > 0)")
     randint: tuple[int, int] | None = Field(None, description="an integer in [low, high], both included")
 
@@ -53,7 +55,7 @@ class Distribution(StrictModel):
         return {"choice": data} if isinstance(data, list) else data
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Distribution":
+    def _exactly_one(self) -> Distribution:
         given = [kind for kind in KINDS if getattr(self, kind) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'})")
@@ -103,31 +105,49 @@ class Distribution(StrictModel):
 class AshaSettings(StrictModel):
     grace_period: int = Field(1, ge=1, description="whole-model validations every trial makes before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1, description="each rung keeps 1/reduction_factor of the trials")
-    max_t: int | None = Field(None, ge=1, description="whole-model validations of the longest trial; unset: ceil(optim.epochs / optim.eval_every), the most in the space")
+    max_t: int | None = Field(
+        None, ge=1,
+        description="whole-model validations of the longest trial; unset: ceil(optim.epochs / optim.eval_every), "
+                    "the most in the space")
     brackets: int = Field(1, ge=1, description="ASHA brackets (1: plain successive halving)")
 
 
 class TuneSpace(StrictModel):
     """``atflrec tune``: a search over training configs, each trial one Ray Train run."""
 
-    base: str | None = Field(None, description="training config file (as for `atflrec train`); unset: TrainConfig defaults")
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys (nested) set for every trial, over base")
+    base: str | None = Field(
+        None, description="training config file (as for `atflrec train`); unset: TrainConfig defaults")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig keys (nested) set for every trial, over base")
     space: dict[str, Distribution] = Field(..., min_length=1, description="dotted TrainConfig key -> distribution")
-    data: str | None = Field(None, description="dataset dir: build the feature store (train.features) for every Mel-bin count in the space first; unset: the store must hold them")
-    feature_clip_seconds: float | None = Field(None, gt=0, description="clip length when data builds the store; unset: the store's, else 4.0")
+    data: str | None = Field(
+        None,
+        description="dataset dir: build the feature store (train.features) for every Mel-bin count in the space "
+                    "first; unset: the store must hold them")
+    feature_clip_seconds: float | None = Field(
+        None, gt=0, description="clip length when data builds the store; unset: the store's, else 4.0")
     num_samples: int = Field(8, ge=1, description="trials to run")
-    scheduler: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early on validation AUC; fifo runs every trial to the end")
-    asha: AshaSettings = Field(default_factory=AshaSettings, description="ASHA settings (time unit: model_evals, one per validation of the whole model, i.e. of the last stage)")
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha stops weak trials early on validation AUC; fifo runs every trial to the end")
+    asha: AshaSettings = Field(
+        default_factory=AshaSettings,
+        description="ASHA settings (time unit: model_evals, one per validation of the whole model, "
+                    "i.e. of the last stage)")
     search: Literal["random", "optuna"] = Field("random", description="random sampling, or Optuna's TPE")
     seed: int = Field(0, description="seed of the search algorithm's sampling")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="trials at once; unset: what the cluster's resources fit (per-trial workers x resources)")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1,
+        description="trials at once; unset: what the cluster's resources fit (per-trial workers x resources)")
     trial_resources: dict[str, float] = Field(
         default_factory=lambda: {"memory": 2**30},
-        description="what each trial's driver process reserves (it reads the samples and watches its Train run; no CPU, "
-                    "so the workers get every core); e.g. {TRAIN_DRIVER: 0.01} to keep drivers on nodes with that custom resource")
-    address: str | None = Field(None, description="Ray cluster address (ray://... or auto); unset: RAY_ADDRESS or a local cluster")
+        description="what each trial's driver process reserves (it reads the samples and watches its Train run; "
+                    "no CPU, so the workers get every core); e.g. {TRAIN_DRIVER: 0.01} to keep drivers on nodes "
+                    "with that custom resource")
+    address: str | None = Field(
+        None, description="Ray cluster address (ray://... or auto); unset: RAY_ADDRESS or a local cluster")
     out: str = Field("runs/tune", description="output dir: the search's state, trial runs, results table, plots, best/")
-    export: str | None = Field(None, description="also copy best/ here (e.g. where serving loads from); unset: only OUT/best")
+    export: str | None = Field(
+        None, description="also copy best/ here (e.g. where serving loads from); unset: only OUT/best")
 
     @field_validator("space")
     @classmethod
@@ -153,7 +173,8 @@ class SearchPlan:
     def knobs(self) -> list[str]:
         return list(self.space.space)
 
-    def trial_config(self, knobs: dict[str, Any], run_name: str = "trial", storage_path: str = "runs/tune/trials") -> TrainConfig:
+    def trial_config(self, knobs: dict[str, Any], run_name: str = "trial",
+                     storage_path: str = "runs/tune/trials") -> TrainConfig:
         return trial_config(self.base, knobs, run_name, storage_path)
 
 
@@ -206,7 +227,8 @@ def _check_key(key: str) -> None:
             raise ConfigError(f"space: {key}: unknown key ({where} has {', '.join(model.model_fields)})")
         walked.append(part)
         annotation = model.model_fields[part].annotation
-        is_section = get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        is_section = (get_origin(annotation) is None and isinstance(annotation, type)
+                      and issubclass(annotation, BaseModel))
         model = annotation if is_section else None
 
 

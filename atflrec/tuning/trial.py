@@ -2,9 +2,10 @@
 
 This is the Train V2 pattern: the trial function is only the driver of its Train run (it asks Tune
 for no CPU; the Train workers reserve their own), and ``TuneReportCallback`` passes every Train
-report (with its checkpoint's path) on to Tune; ``ReportLog`` keeps them in the run dir too. The Train run is named after the trial
-id, so a restored search finds a trial's run again and continues it from its latest checkpoint
-instead of starting over. Run dirs are local paths (or a volume every node mounts).
+report (with its checkpoint's path) on to Tune; ``ReportLog`` keeps them in the run dir too.
+The Train run is named after the trial id, so a restored search finds a trial's run again and
+continues it from its latest checkpoint instead of starting over. Run dirs are local paths (or a
+volume every node mounts).
 """
 
 from __future__ import annotations

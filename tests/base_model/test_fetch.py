@@ -14,7 +14,6 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from atflrec import cli
-from atflrec.errors import UserError
 from atflrec.base_model.fetch import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -24,6 +23,7 @@ from atflrec.base_model.fetch import (
     load_base_model,
     resolve_base_model,
 )
+from atflrec.errors import UserError
 
 PINNED = BUILTIN_MODELS[DEFAULT_MODEL]
 PROMPT = "The user liked: Blue Monday, Heroes. Will the user like Atmosphere? Answer:"

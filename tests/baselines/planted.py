@@ -7,9 +7,10 @@ family should find, and nothing else does. ``shuffled`` destroys the signal in t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
 from atflrec.baselines import Item
 
 Row = dict[str, Any]
@@ -90,7 +91,8 @@ def content_signal(rng: np.random.Generator, where: str, items: int = 240, rows:
     in training (cold start), so only content can carry the signal over."""
     ids = [f"i{n}" for n in range(items)]
     liked_kind = {i: bool(rng.random() < 0.5) for i in ids}
-    features = {i: (rng.normal(size=(20, N_MELS)) + (1.5 if where == "audio" and liked_kind[i] else 0.0)).astype(np.float16)
+    features = {i: (rng.normal(size=(20, N_MELS))
+                    + (1.5 if where == "audio" and liked_kind[i] else 0.0)).astype(np.float16)
                 for i in ids}
     catalogue = {i: Item(f"song {n}", (("rock" if liked_kind[i] else "jazz") if where == "text" else "pop",))
                  for n, i in enumerate(ids)}

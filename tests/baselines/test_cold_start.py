@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from planted import N_MELS, item_level, make_row
 
 from atflrec.baselines import RECOMMENDERS, Context, Item, build_recommender
-
-from planted import N_MELS, item_level, make_row
 
 
 @pytest.fixture
@@ -60,7 +59,8 @@ def test_sasrec_scores_a_cold_target_from_the_history(fitted) -> None:
 
 def test_content_tells_cold_items_apart(fitted) -> None:
     fit, train, cold = fitted
-    scores = fit("content", {"n_mels": N_MELS}).score(_rows("new", cold, train[0]["liked_ids"], train[0]["disliked_ids"]))
+    scores = fit("content", {"n_mels": N_MELS}).score(
+        _rows("new", cold, train[0]["liked_ids"], train[0]["disliked_ids"]))
     assert len(set(np.round(scores, 8))) == len(cold)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from planted import N_MELS, content_signal, shuffled, title_signal
 
 from atflrec.baselines import Context, build_recommender
 from atflrec.metrics import auc
-
-from planted import N_MELS, content_signal, shuffled, title_signal
 
 # (kind, data): each LLM on the modality its prompts carry.
 CASES = [

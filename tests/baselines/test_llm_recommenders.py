@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from planted import N_MELS, content_signal
 
 from atflrec.baselines import Context, build_recommender
 from atflrec.baselines.llm import LLMRecommender
 from atflrec.model.batch import AUDIO, TEXT
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator, predict, train_stage
-
-from planted import N_MELS, content_signal
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from planted import N_MELS, communities, content_signal, item_level, shuffled, taste_in_history, user_propensity
 
 from atflrec.baselines import Context, build_recommender
 from atflrec.metrics import auc
-
-from planted import N_MELS, communities, content_signal, item_level, shuffled, taste_in_history, user_propensity
 
 # (kind, settings, data generator): each family on the signal it is built to find.
 CASES = [

@@ -17,7 +17,7 @@ def test_the_cases_are_hostile_bounded_and_local() -> None:
     bench = load()
     cases = bench.cases([f"i{n}" for n in range(10)])
     assert len(cases) >= 40 and len({c[0] for c in cases}) == len(cases)
-    for name, method, path, kwargs, accepted in cases:
+    for name, _method, path, _kwargs, accepted in cases:
         assert path.startswith("/") and "://" not in path, name
         assert all(400 <= s < 500 for s in accepted) or name.startswith(("quota filler", "text/plain")), name
     assert bench.HOST == "127.0.0.1"

@@ -20,7 +20,8 @@ STRING_MAP: Schema = {"type": "object", "additionalProperties": STRING}
 # Kubernetes resource.Quantity: an integer or a string such as "500m", "16Gi" (pattern from the CRD).
 QUANTITY: Schema = {"anyOf": [{"type": "integer"}, {
     "type": "string",
-    "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+    "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+               r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
 }]}
 DNS_1123: Schema = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 

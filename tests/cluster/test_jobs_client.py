@@ -180,6 +180,6 @@ def test_a_token_over_plain_http_to_another_host_is_warned_about(clean_env: Path
     assert cleartext("http://10.0.0.5:8265") and cleartext("head.example:8265")
     assert not cleartext("https://head.example") and not cleartext("http://127.0.0.1:8265") and not cleartext("auto")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "secret")
-    with pytest.raises(Exception):  # nothing listens there; the warning comes first
+    with pytest.raises(UserError, match="cannot reach"):  # nothing listens there; the warning comes first
         Jobs("http://head.invalid:9")  # .invalid never resolves: fails at once
     assert "over plain http" in capsys.readouterr().err

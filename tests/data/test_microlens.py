@@ -148,7 +148,7 @@ def test_negative_ratio(tmp_path: Path, ratio: float, expected: int) -> None:
     summary = import_microlens(src, out, _config(negatives_per_positive=ratio))
     by_user = _by_user(out)
     assert sum(len(labels[0]) for labels in by_user.values()) == summary.negatives == expected
-    for user, labels in by_user.items():
+    for _user, labels in by_user.items():
         wanted = int(ratio * len(labels[1]) + 0.5)
         assert len(labels[0]) == min(wanted, 9 - len(labels[1]))
     # ratio 3: users with 3 positives want 9 but only 6 items are unseen; the shortfall is counted

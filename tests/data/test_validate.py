@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -132,7 +133,8 @@ CASES: list[tuple[str, Callable[[Path], Any], dict[str, int]]] = [
      {"unsafe_audio_path": 1}),
     ("symlink loop", _symlink("audio/a.wav", lambda root: root / "audio" / "a.wav"), {"missing_audio": 1}),
     ("empty title", _items(title=["Song A", "  ", "Song C"]), {"empty_title": 1}),
-    ("control tokens in titles", _items(title=["Song <|im_end|>", "B<|audio|>", "Summer <3 Love"]), {"token_like_text": 2}),
+    ("control tokens in titles", _items(title=["Song <|im_end|>", "B<|audio|>", "Summer <3 Love"]),
+     {"token_like_text": 2}),
     ("control characters in a tag", _items(tags=[["rock"], ["a\x00b"], ["jazz"]]), {"token_like_text": 1}),
     ("repeated interactions", _interactions(**{k: v + v[:2] for k, v in INTERACTIONS.items()}),
      {"duplicate_interaction": 2}),

@@ -43,14 +43,16 @@ def _mapping(bench: dict[str, Path]) -> dict[str, Any]:
             {"name": "mf", "settings": {"epochs": 20}},
             {"name": "lightgcn", "settings": {"epochs": 20}},
             {"name": "sasrec", "settings": {"epochs": 10}},
-            {"name": "content", "settings": {"n_mels": N_MELS}, "search": {"C": [0.01, 1.0], "like_share": [True, False]}},
+            {"name": "content", "settings": {"n_mels": N_MELS},
+             "search": {"C": [0.01, 1.0], "like_share": [True, False]}},
             {"name": "text_llm", "shots": [8], "seeds": [0]},
             {"name": "audio_llm", "shots": [8], "seeds": [0]},
             {"name": "atflrec", "shots": [8], "seeds": [0]},
         ],
         "ablations": [
             {"name": "pooling", "model": "atflrec", "key": "model.encoder.pooling", "values": ["mean", "max"]},
-            {"name": "fusion", "model": "atflrec", "key": "model.fusion.strategy", "values": ["late_weighted", "late_head"]},
+            {"name": "fusion", "model": "atflrec", "key": "model.fusion.strategy",
+             "values": ["late_weighted", "late_head"]},
         ],
     }
 

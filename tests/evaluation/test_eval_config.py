@@ -17,7 +17,8 @@ def _config(**changes) -> dict:
 @pytest.mark.parametrize(("changes", "message"), [
     ({"models": [{"name": "knn"}]}, "models.knn.kind: unknown recommender 'knn'"),
     ({"models": [{"name": "mf", "settings": {"dims": 8}}]}, "models.mf.settings: dims: unknown key"),
-    ({"models": [{"name": "mf", "settings": {"epochs": 0}}]}, "models.mf.settings: epochs: Input should be greater than or equal to 1"),
+    ({"models": [{"name": "mf", "settings": {"epochs": 0}}]},
+     "models.mf.settings: epochs: Input should be greater than or equal to 1"),
     ({"models": [{"name": "a", "kind": "mf"}, {"name": "a", "kind": "popularity"}]}, "repeated names"),
     ({"models": [{"name": "text_llm", "settings": {"model": {"fusion": {"strategy": "early"}}}}]},
      "must be 'text_only'"),

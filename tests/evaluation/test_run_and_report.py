@@ -13,7 +13,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from atflrec.baselines import RECOMMENDERS, Context, build_recommender
 from atflrec.cli import main
 from atflrec.config import read_yaml
-from atflrec.evaluation import EvalConfig, run_evaluation
+from atflrec.evaluation import run_evaluation
 from atflrec.evaluation.config import plan_jobs
 from atflrec.evaluation.runner import prepare_data
 from atflrec.samples import few_shot
@@ -97,7 +97,8 @@ def test_a_rerun_skips_finished_jobs_and_redoes_changed_ones(small_run, tmp_path
     after = pd.read_parquet(copy / "results.parquet")
     untouched = before[before["model"] != "mf"].reset_index(drop=True)
     pd.testing.assert_frame_equal(after[after["model"] != "mf"].reset_index(drop=True), untouched)
-    assert set(after[after["model"] == "mf"]["settings_key"]).isdisjoint(before[before["model"] == "mf"]["settings_key"])
+    assert set(after[after["model"] == "mf"]["settings_key"]).isdisjoint(
+        before[before["model"] == "mf"]["settings_key"])
 
 
 def test_a_resumed_run_reuses_finished_rows_for_an_identical_variant(small_run, tmp_path, capsys) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("tiny-base"))
 
 
-def sample_row(index: int, target: str, label: int, liked: list[str], disliked: list[str], user: str = "u0") -> dict[str, Any]:
+def sample_row(index: int, target: str, label: int, liked: list[str], disliked: list[str],
+               user: str = "u0") -> dict[str, Any]:
     return {
         "sample_id": f"{user}#{index}", "user_id": user, "item_id": target, "title": f"song {target}",
         "label": label, "timestamp": index,
@@ -51,7 +53,8 @@ def model_config(tiny_base: Path) -> Callable[..., Any]:
              history_share: bool = False) -> ModelConfig:
         return ModelConfig(
             base_model=str(tiny_base),
-            encoder={"n_mels": N_MELS, "width": 16, "layers": 2, "pooling": pooling, "tokens_per_item": tokens_per_item},
+            encoder={"n_mels": N_MELS, "width": 16, "layers": 2, "pooling": pooling,
+                     "tokens_per_item": tokens_per_item},
             lora={"r": 4, "alpha": 8, "dropout": 0.0},
             fusion={"strategy": strategy, "head_hidden": 8, "history_share": history_share},
         )

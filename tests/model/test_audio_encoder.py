@@ -9,7 +9,8 @@ from atflrec.model.audio_encoder import POOLINGS, AudioEncoder, AudioEncoderConf
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_every_pooling_gives_k_tokens_of_hidden_size(pooling: str, tokens: int) -> None:
     torch.manual_seed(0)
-    encoder = AudioEncoder(AudioEncoderConfig(n_mels=8, width=16, pooling=pooling, tokens_per_item=tokens), hidden_size=32)
+    encoder = AudioEncoder(AudioEncoderConfig(n_mels=8, width=16, pooling=pooling, tokens_per_item=tokens),
+                           hidden_size=32)
     out = encoder(torch.randn(5, 7, 8))
     assert out.shape == (5, tokens, 32)
     assert torch.isfinite(out).all()

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
+from atflrec.base_model.fetch import load_base_model
 from atflrec.model.adapters import adapter_parameters
 from atflrec.model.batch import AUDIO, TEXT
 from atflrec.model.fusion import STRATEGIES
 from atflrec.model.scoring import probability, yes_no_token_ids
-from atflrec.base_model.fetch import load_base_model
 from atflrec.prompts import PromptConfig
 from atflrec.training.local import build_model, make_collator
 

@@ -19,7 +19,8 @@ def dataset(tmp_path: Path):
             item_ids.append(str(item))
             labels.append(int(rng.integers(2)))
             stamps.append(1000 - 10 * t if u == 0 else 100 * t)  # user 0's file order is reversed in time
-    write_dataset(tmp_path / "ds", items_table(items, [f"Title {i}" for i in items], [[]] * 30, [f"{i}.wav" for i in items]),
+    write_dataset(tmp_path / "ds",
+                  items_table(items, [f"Title {i}" for i in items], [[]] * 30, [f"{i}.wav" for i in items]),
                   interactions_table(users, item_ids, labels, stamps))
     return load_dataset(tmp_path / "ds")
 
@@ -41,9 +42,11 @@ def test_cold_items_never_occur_in_warm_splits(dataset) -> None:
 
 
 def test_warm_split_is_by_time_per_user(dataset) -> None:
-    splits = build_samples(dataset, SampleConfig(cold_item_fraction=0.0, val_per_user=1, test_per_user=2, min_history=0))
+    splits = build_samples(dataset,
+                           SampleConfig(cold_item_fraction=0.0, val_per_user=1, test_per_user=2, min_history=0))
     for user in {f"u{u}" for u in range(8)}:
-        stamps = {s: [r["timestamp"] for r in splits[s].to_pylist() if r["user_id"] == user] for s in ("train", "val", "test")}
+        stamps = {s: [r["timestamp"] for r in splits[s].to_pylist() if r["user_id"] == user]
+                  for s in ("train", "val", "test")}
         assert (len(stamps["train"]), len(stamps["val"]), len(stamps["test"])) == (9, 1, 2)
         assert max(stamps["train"]) < min(stamps["val"]) < min(stamps["test"])
 
@@ -51,7 +54,8 @@ def test_warm_split_is_by_time_per_user(dataset) -> None:
 def test_history_is_the_last_k_earlier_interactions_split_by_label(dataset) -> None:
     splits = build_samples(dataset, SampleConfig(history_len=3, cold_item_fraction=0.0, min_history=0))
     events = sorted((r for r in dataset.interactions.to_pylist() if r["user_id"] == "u0"), key=lambda r: r["timestamp"])
-    latest = next(r for r in splits["test"].to_pylist() if r["user_id"] == "u0" and r["item_id"] == events[-1]["item_id"])
+    latest = next(r for r in splits["test"].to_pylist()
+                  if r["user_id"] == "u0" and r["item_id"] == events[-1]["item_id"])
     earlier = events[-4:-1]
     assert latest["liked_ids"] == [e["item_id"] for e in earlier if e["label"] == 1]
     assert latest["disliked_ids"] == [e["item_id"] for e in earlier if e["label"] == 0]
@@ -59,7 +63,8 @@ def test_history_is_the_last_k_earlier_interactions_split_by_label(dataset) -> N
 
 
 def test_min_history_drops_each_users_first_interactions(dataset) -> None:
-    total = sum(t.num_rows for t in build_samples(dataset, SampleConfig(min_history=2, cold_item_fraction=0.0)).values())
+    total = sum(t.num_rows
+                for t in build_samples(dataset, SampleConfig(min_history=2, cold_item_fraction=0.0)).values())
     assert total == 8 * (12 - 2)
 
 

@@ -5,8 +5,9 @@ the fusion all move the scores), and one Serve instance on a free loopback port.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -7,9 +7,9 @@ import threading
 import time
 
 from ray import serve
+from test_replica_failure import Outcome, _item_ids, load, wait_for
 
 from atflrec.serving.config import DEPLOYMENT, ServeArgs
-from test_replica_failure import Outcome, _item_ids, load, wait_for
 
 APP = "atflrec-autoscaling-test"
 PREFIX = "/a"
@@ -52,5 +52,6 @@ def test_a_second_replica_starts_under_load_and_leaves_when_idle(serve_port, ser
     finally:
         serve.delete(APP)
     failed = [o for o in outcomes if o.status != 200]
-    print(f"{len(outcomes)} requests, {len(failed)} failed; back to one replica {scaled_down - idle:.1f} s after the load")
+    print(f"{len(outcomes)} requests, {len(failed)} failed; "
+          f"back to one replica {scaled_down - idle:.1f} s after the load")
     assert outcomes and not failed and len(outcomes) < MAX_REQUESTS

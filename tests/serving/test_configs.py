@@ -43,7 +43,8 @@ def test_shipped_serve_config_is_valid_for_serve_and_for_the_app(relative: str, 
     launch = load_serve_config(path)
     loopback = raw["http_options"]["host"] == "127.0.0.1"
     assert launch.args.auth.required is (False if loopback else True)
-    assert launch.args.model_copy(update={"auth": args.auth}) == args and launch.name == "atflrec" and launch.route_prefix == "/"
+    assert (launch.args.model_copy(update={"auth": args.auth}) == args and launch.name == "atflrec"
+            and launch.route_prefix == "/")
     assert launch.deployment_options["autoscaling_config"]["max_replicas"] == scaling["max_replicas"]
     assert launch.http_options["port"] == raw["http_options"]["port"]
 

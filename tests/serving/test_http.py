@@ -40,7 +40,8 @@ def served(serve_port, serving_data, artifacts, tmp_path_factory) -> dict[str, A
                      items_dir=str(tmp_path_factory.mktemp("cold-items")), limits=LIMITS,
                      batching={"max_batch_size": 8, "batch_wait_timeout_s": 0.02, "rows_per_pass": 4},
                      retrieval={"rerank_candidates": RERANK, "text_dims": 4, "audio_dims": 4})
-    serve.run(make_app(args, {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}), name=APP, route_prefix=PREFIX)
+    serve.run(make_app(args, {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}), name=APP,
+              route_prefix=PREFIX)
     items = pq.read_table(serving_data["dataset"] / "items.parquet").to_pylist()
     with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}{PREFIX}", timeout=120) as client:
         yield {"client": client, "args": args, "titles": {r["item_id"]: r["title"] for r in items},
@@ -129,7 +130,8 @@ def test_the_two_models_really_differ(served) -> None:
     ids = sorted(served["titles"])
     request = {"history": history_of(ids[:3]), "candidates": ids[3:8]}
     a = served["client"].post("/v1/score", json=request).json()["scores"]
-    b = served["client"].post("/v1/score", json=request, headers={"serve_multiplexed_model_id": "late"}).json()["scores"]
+    b = served["client"].post("/v1/score", json=request,
+                              headers={"serve_multiplexed_model_id": "late"}).json()["scores"]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) > 1e-3
 
 
@@ -219,8 +221,8 @@ BAD_REQUESTS = [
     ("malformed JSON", "/v1/score", {"content": b'{"history": [', "headers": {"content-type": "application/json"}},
      422, "body", "malformed JSON"),
     ("no body", "/v1/score", {}, 422, "body", "required"),
-    ("wrong type of an item id", "/v1/score", {"json": {"history": [{"item_id": 5, "liked": True}], "candidates": ["x"]}},
-     422, "history.0.item_id", "string"),
+    ("wrong type of an item id", "/v1/score",
+     {"json": {"history": [{"item_id": 5, "liked": True}], "candidates": ["x"]}}, 422, "history.0.item_id", "string"),
     ("wrong type of liked", "/v1/score", {"json": {"history": [{"item_id": "a", "liked": "yes"}], "candidates": ["x"]}},
      422, "history.0.liked", "boolean"),
     ("candidates not a list", "/v1/score", {"json": {"history": [{"item_id": "a", "liked": True}], "candidates": "x"}},
@@ -233,8 +235,10 @@ BAD_REQUESTS = [
     ("empty history (recommend)", "/v1/recommend", {"json": {"history": []}}, 422, "history", "at least 1"),
     ("no candidates", "/v1/score", {"json": {"history": "HISTORY", "candidates": []}}, 422, "candidates", "at least 1"),
     ("k below 1", "/v1/recommend", {"json": {"history": "HISTORY", "k": 0}}, 422, "k", "greater than or equal"),
-    ("k above the limit", "/v1/recommend", {"json": {"history": "HISTORY", "k": LIMITS["max_k"] + 1}}, 422, "k", "max_k"),
-    ("over-long history", "/v1/score", {"json": {"history": "LONG", "candidates": "IDS:1"}}, 422, "history", "at most 6"),
+    ("k above the limit", "/v1/recommend", {"json": {"history": "HISTORY", "k": LIMITS["max_k"] + 1}},
+     422, "k", "max_k"),
+    ("over-long history", "/v1/score", {"json": {"history": "LONG", "candidates": "IDS:1"}},
+     422, "history", "at most 6"),
     ("over-long history (recommend)", "/v1/recommend", {"json": {"history": "LONG"}}, 422, "history", "at most 6"),
     ("too many candidates", "/v1/score", {"json": {"history": "HISTORY", "candidates": "IDS:11"}}, 422, "candidates",
      "at most 10"),
@@ -257,8 +261,8 @@ BAD_REQUESTS = [
      "sample-rate"),
     ("audio declaring 10 hours", "/v1/items", {"json": {"item_id": "hours", "title": "t", "audio": "HOURS",
                                                         "audio_format": "flac"}}, 422, "audio", "too-long"),
-    ("constant FLAC over max_audio_seconds", "/v1/items", {"json": {"item_id": "bomb", "title": "t", "audio": "LONGFLAC",
-                                                                    "audio_format": "flac"}}, 422, "audio",
+    ("constant FLAC over max_audio_seconds", "/v1/items",
+     {"json": {"item_id": "bomb", "title": "t", "audio": "LONGFLAC", "audio_format": "flac"}}, 422, "audio",
      "max_audio_seconds = 30"),
     ("audio not base64", "/v1/items", {"json": {"item_id": "b64", "title": "t", "audio": "%%%not base64%%%"}},
      422, "audio", "base64"),

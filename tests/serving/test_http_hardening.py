@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from pathlib import Path
 from typing import Any
-
-import io
 
 import httpx
 import numpy as np
@@ -73,7 +72,8 @@ def test_a_token_is_needed_for_everything_but_health_and_docs(hardened) -> None:
                                ("POST", "/v1/items", upload("anon")), ("DELETE", "/v1/items/anon", None)]:
         response = anonymous.request(method, path, json=body)
         assert response.status_code == 401, (path, response.text)
-        assert response.headers["www-authenticate"] == "Bearer" and response.json()["fields"][0]["field"] == "authorization"
+        assert (response.headers["www-authenticate"] == "Bearer"
+                and response.json()["fields"][0]["field"] == "authorization")
         wrong = anonymous.request(method, path, json=body, headers={"Authorization": "Bearer not-it"})
         assert wrong.status_code == 401
     assert hardened["client"].post("/v1/recommend", json={"history": history_of(ids[:2]), "k": 3}).status_code == 200
@@ -161,9 +161,9 @@ def test_a_full_queue_answers_503_with_retry_after(hardened) -> None:
 
 
 def test_check_health_fails_when_a_model_or_the_catalogue_cannot_be_read(tmp_path, serving_data, artifacts) -> None:
-    from atflrec.serving.app import Recommender
-
     from types import SimpleNamespace
+
+    from atflrec.serving.app import Recommender
 
     cls = Recommender.func_or_class
     replica = SimpleNamespace()  # the replica's own methods, without starting one

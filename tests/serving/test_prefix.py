@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atflrec.model.batch import AUDIO
-from atflrec.serving.prefix import Query, shared_length, split_prompts, score_queries
+from atflrec.serving.prefix import Query, score_queries, shared_length, split_prompts
 from atflrec.serving.scorer import AudioTokens, top_k
 from atflrec.training.local import make_collator, predict
 

@@ -66,12 +66,14 @@ def wait_for(condition, what: str) -> float:
     return time.monotonic()
 
 
-def test_a_killed_replica_is_replaced_and_errors_stay_in_the_window(serve_port, serving_data, artifacts, tmp_path) -> None:
+def test_a_killed_replica_is_replaced_and_errors_stay_in_the_window(serve_port, serving_data, artifacts,
+                                                                    tmp_path) -> None:
     from atflrec.serving.app import make_app
 
     args = ServeArgs(models={"early": str(artifacts["early"])}, dataset=str(serving_data["dataset"]),
                      features=str(serving_data["features"]), items_dir=str(tmp_path / "items"))
-    serve.run(make_app(args, {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}), name=APP, route_prefix=PREFIX)
+    serve.run(make_app(args, {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}), name=APP,
+              route_prefix=PREFIX)
     try:
         before = replica_actors()
         assert len(before) == 2

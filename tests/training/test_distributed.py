@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,7 +71,8 @@ def _steps(config: TrainConfig, stages: int) -> int:
 
 @pytest.mark.parametrize("zero", ["zero2_cpu", "zero3_cpu"])
 def test_a_run_finishes_and_its_best_checkpoint_reproduces_the_trainer_scores(benchmark, tiny_base_dir, tmp_path, zero):
-    config = _config(benchmark, tiny_base_dir, tmp_path, **{"deepspeed.config": str(REPO / f"configs/deepspeed/{zero}.json")})
+    config = _config(benchmark, tiny_base_dir, tmp_path,
+                     **{"deepspeed.config": str(REPO / f"configs/deepspeed/{zero}.json")})
     outcome = train(config)
 
     assert [h["global_step"] for h in outcome.history] == [_steps(config, 1) // 2, _steps(config, 1)]
@@ -101,7 +102,8 @@ def _features(config: TrainConfig, rows) -> dict:
 
 
 def test_separate_adapters_train_every_stage_with_a_checkpoint_each(benchmark, tiny_base_dir, tmp_path):
-    config = _config(benchmark, tiny_base_dir, tmp_path, **{"model.fusion.strategy": "late_weighted", "optim.epochs": 1})
+    config = _config(benchmark, tiny_base_dir, tmp_path,
+                     **{"model.fusion.strategy": "late_weighted", "optim.epochs": 1})
     outcome = train(config)
     assert [h["stage"] for h in outcome.history] == ["text", "audio", "fusion"]
     assert [h.get("model_evals") for h in outcome.history] == [None, None, 1]  # Tune's rungs: whole model only

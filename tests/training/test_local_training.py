@@ -8,8 +8,15 @@ from atflrec.model.artifact import load_artifact
 from atflrec.model.network import ModelConfig
 from atflrec.samples import SAMPLE_SCHEMA, write_samples
 from atflrec.training.local import (
-    LocalTrainConfig, OptimConfig, build_model, evaluate, fit_audio_normalisation, make_collator, predict,
-    train_local, train_stage,
+    LocalTrainConfig,
+    OptimConfig,
+    build_model,
+    evaluate,
+    fit_audio_normalisation,
+    make_collator,
+    predict,
+    train_local,
+    train_stage,
 )
 
 

@@ -12,7 +12,13 @@ import torch
 from atflrec.model.network import ModelConfig
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
 from atflrec.training.loop import (
-    LoopState, OptimConfig, StageLoop, lr_factor, read_optimizer_state, save_optimizer_state, selection_value,
+    LoopState,
+    OptimConfig,
+    StageLoop,
+    lr_factor,
+    read_optimizer_state,
+    save_optimizer_state,
+    selection_value,
 )
 
 
@@ -29,7 +35,8 @@ def test_lr_factor_warms_up_then_decays() -> None:
     assert linear[:3] == [0.5, 1.0, 1.0] and linear[-1] == pytest.approx(0.125)
     assert all(a > b for a, b in zip(linear[2:], linear[3:]))  # strictly decreasing after the warm-up
     cosine = [lr_factor(s, 10, 0, "cosine") for s in range(10)]
-    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[-1] == pytest.approx(0.5 * (1 + math.cos(0.9 * math.pi)))
+    assert (cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5)
+            and cosine[-1] == pytest.approx(0.5 * (1 + math.cos(0.9 * math.pi))))
 
 
 def test_the_loop_sets_the_scheduled_lr_on_every_step_and_honours_max_steps(tiny_base_dir, planted) -> None:

@@ -22,7 +22,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from tune_setup import REPO, make_space
 
 ATFLREC = str(Path(sys.executable).parent / "atflrec")

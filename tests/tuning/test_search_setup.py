@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tune_setup import make_space
 
 from atflrec.features.store import StoreError, read_manifest
 from atflrec.tuning.space import TuneSpace, plan
-from tune_setup import make_space
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def test_concurrency_follows_the_workers_each_trial_reserves(tune_benchmark, tin
     from atflrec.tuning.search import concurrent_trials
 
     def trials_at_once(cluster: dict[str, float], **overrides) -> int:
-        return concurrent_trials(plan(_space(tune_benchmark, tiny_base_dir, tmp_path, tmp_path / "s", **overrides)), cluster)
+        return concurrent_trials(plan(_space(tune_benchmark, tiny_base_dir, tmp_path, tmp_path / "s", **overrides)),
+                                 cluster)
 
     laptop = {"CPU": 2.0, "memory": 16 * 2**30}
     assert trials_at_once(laptop) == 2  # 1 worker x 1 CPU each; the drivers take no CPU

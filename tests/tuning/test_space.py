@@ -41,7 +41,8 @@ def test_every_shipped_space_loads_and_its_knobs_name_train_config_keys(path: Pa
     # every choice were validated by load_space; here: one sampled point end to end).
     point = {key: d.candidates()[0] for key, d in search.space.space.items()}
     config = search.trial_config(point, run_name="trial-x", storage_path="/tmp/runs")
-    assert (config.run.name, config.run.storage_path, config.out, config.address) == ("trial-x", "/tmp/runs", None, None)
+    assert ((config.run.name, config.run.storage_path, config.out, config.address)
+            == ("trial-x", "/tmp/runs", None, None))
 
 
 def test_the_default_space_covers_the_papers_knobs() -> None:
@@ -75,7 +76,8 @@ def _space(**space) -> TuneSpace:
     ({"model.fusion.strategy": ["early", "latest"]}, "model.fusion.strategy: value 'latest' does not fit"),
     ({"model.lora.r": {"uniform": [2, 16]}}, "model.lora.r: Input should be a valid integer"),
     ({"model.lora.dropout": {"uniform": [0.0, 1.5]}}, "model.lora.dropout: value 1.5 does not fit"),
-    ({"model.encoder.n_mels": {"randint": [40, 80]}}, "model.encoder.n_mels: Mel-bin counts come from the feature store"),
+    ({"model.encoder.n_mels": {"randint": [40, 80]}},
+     "model.encoder.n_mels: Mel-bin counts come from the feature store"),
 ])
 def test_a_bad_knob_is_refused_naming_its_key(space, message) -> None:
     with pytest.raises(ConfigError) as error:
@@ -86,7 +88,8 @@ def test_a_bad_knob_is_refused_naming_its_key(space, message) -> None:
 @pytest.mark.parametrize("space, message", [
     ({"run.name": ["a", "b"]}, "run.name: not a search knob"),
     ({"scaling.num_workers": [1, 2]}, "scaling.num_workers: not a search knob"),
-    ({"optim.lr": {"uniform": [1e-3, 1e-4]}}, "space.optim.lr: Value error, uniform: low 0.001 must be below high 0.0001"),
+    ({"optim.lr": {"uniform": [1e-3, 1e-4]}},
+     "space.optim.lr: Value error, uniform: low 0.001 must be below high 0.0001"),
     ({"optim.lr": {"loguniform": [0.0, 1e-3]}}, "loguniform: low 0.0 must be positive"),
     ({"optim.lr": {"uniform": [0, 1], "choice": [1]}}, "give exactly one of choice, uniform"),
     ({"optim.lr": {"normal": [0, 1]}}, "space.optim.lr.normal: unknown key"),
