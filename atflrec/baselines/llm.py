@@ -35,7 +35,7 @@ from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, rows
 from atflrec.config import StrictModel
 from atflrec.model.adapters import ADAPTER_SEES_AUDIO
 from atflrec.model.batch import AUDIO, Batch, history_logit
-from atflrec.model.fusion import PassOutput, Stage
+from atflrec.model.fusion import PassOutput, Stage, stage_rows
 from atflrec.model.network import ATFLRecModel, ModelConfig, prompt_kind
 from atflrec.model.scoring import probability
 from atflrec.training.local import (
@@ -46,7 +46,6 @@ from atflrec.training.local import (
     make_batches,
     make_collator,
     resolve_device,
-    train_stage,
 )
 from atflrec.training.loop import StageLoop
 
@@ -155,9 +154,12 @@ class LLMRecommender(Recommender):
             if stage.adapter is not None:
                 self._fit_adapter(stage, rows)
             else:  # adapters frozen: train on their cached outputs
-                outputs = {a: self.adapter_outputs(a, rows) for a in self.model.adapters}
-                train_stage(_CachedPasses(self.model, outputs, rows), stage, rows, _labels_batch, settings.optim,
-                            settings.precision, context.seed)
+                fit_rows = stage_rows(stage, settings.model.fusion, rows, self.validation_rows())
+                outputs = {a: self.adapter_outputs(a, fit_rows) for a in self.model.adapters}
+                loop = StageLoop(_CachedPasses(self.model, outputs, fit_rows), stage, fit_rows, _labels_batch,
+                                 settings.optim, seed=context.seed, precision=settings.precision, log=_indented)
+                _indented(_stage_summary(stage.name, loop.run().evaluations)
+                          + f" on {len(fit_rows)} rows (fit_on: {settings.model.fusion.fit_on})")
         self.model.configure_stage(None)
         self.model.eval()
 

@@ -7,8 +7,9 @@ the softmax over the Yes/No logits). Adding a strategy is one registered class i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -173,11 +174,25 @@ class FusionConfig(StrictModel):
     head_hidden: int = Field(64, ge=1, description="hidden width of the late_head MLP")
     history_share: bool = Field(
         False, description="late fusion also weighs the history's like share (learned weight, starting at 0)")
+    fit_on: Literal["train", "validation"] = Field(
+        "train", description="rows the fusion stage trains on: the adapters' own training rows, or the held-out "
+                             "validation rows (stacking: an adapter is over-confident on the rows it was trained on)")
 
     @field_validator("strategy")
     @classmethod
     def _known(cls, value: str) -> str:
         return STRATEGIES.validate(value)
+
+
+def stage_rows(stage: Stage, config: FusionConfig, train: Sequence[Any], validation: Sequence[Any] | None,
+               rank: int = 0, world: int = 1) -> list[Any]:
+    """The rows ``stage`` trains on (this rank's share of them): the training rows, except for a
+    fusion stage with ``fit_on: validation`` and validation rows to fit on. Every rank gets as many
+    validation rows (a remainder is left out), so all take the same number of optimizer steps."""
+    if stage.train_fusion and config.fit_on == "validation" and validation:
+        usable = len(validation) // world * world
+        return list(validation)[rank:usable:world]
+    return list(train)
 
 
 def build_strategy(config: FusionConfig, hidden_size: int) -> FusionStrategy:

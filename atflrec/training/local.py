@@ -26,7 +26,7 @@ from atflrec.config import ConfigError, StrictModel
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import save_artifact
 from atflrec.model.batch import Collator
-from atflrec.model.fusion import Stage
+from atflrec.model.fusion import Stage, stage_rows
 from atflrec.model.network import ATFLRecModel, ModelConfig
 from atflrec.samples import SAMPLE_SCHEMA, few_shot, read_samples
 from atflrec.training.loop import (  # noqa: F401  (re-exported: callers import them from here)
@@ -195,7 +195,8 @@ def train_run(run: LocalRun) -> TrainResult:
     if val is None:
         print("no validation split among eval_splits: every stage keeps its last epoch, no early stopping", flush=True)
     for index, stage in enumerate(run.model.fusion.stages()):
-        loop = StageLoop(run.model, stage, run.train_rows, run.collator, run.config.optim, seed=run.config.seed,
+        rows = stage_rows(stage, run.config.model.fusion, run.train_rows, val)
+        loop = StageLoop(run.model, stage, rows, run.collator, run.config.optim, seed=run.config.seed,
                          stage_index=index, precision=run.config.precision, val_rows=val,
                          eval_batch_size=run.config.eval_batch_size)
         stage_result = loop.run()

@@ -43,7 +43,7 @@ import torch
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import load_weights, save_artifact
 from atflrec.model.batch import Batch
-from atflrec.model.fusion import STRATEGIES, Stage
+from atflrec.model.fusion import STRATEGIES, Stage, stage_rows
 from atflrec.model.network import ATFLRecModel
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
@@ -385,7 +385,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         model = fresh_model()
         if carried is not None:
             load_trained_state(model, carried)
-        loop = DeepSpeedStageLoop(model, stage, train_rows, make_collator(model, features), config,
+        rows = stage_rows(stage, config.model.fusion, train_rows, val_rows, rank, world)
+        loop = DeepSpeedStageLoop(model, stage, rows, make_collator(model, features), config,
                                   ds_config=ds_config, progress=progress, n_stages=len(stages), val_rows=val_rows,
                                   rank=rank, world=world, log=log)
         if restored is not None:  # continuing the stage the checkpoint was written in

@@ -12,6 +12,7 @@ from planted import N_MELS, content_signal
 from atflrec.baselines import Context, build_recommender
 from atflrec.baselines.llm import LLMRecommender
 from atflrec.model.batch import AUDIO, TEXT
+from atflrec.model.fusion import stage_rows
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator, predict, train_stage
 
 
@@ -71,11 +72,15 @@ def test_separate_adapters_are_the_text_and_audio_only_models(tiny_base_dir, dat
     assert len([k for k in context.shared if k.startswith("llm-adapter:")]) == 3
 
 
-def test_fusion_on_cached_outputs_equals_the_training_loop(tiny_base_dir, data) -> None:
+@pytest.mark.parametrize("fit_on", ["train", "validation"])
+def test_fusion_on_cached_outputs_equals_the_training_loop(tiny_base_dir, data, fit_on) -> None:
     train, test, catalogue, features = data
-    recommender = build_recommender("atflrec", _settings(tiny_base_dir, "late_head"))
+    validation = test[6:]  # held out from training; with fit_on validation the fusion trains on these
+    settings = _settings(tiny_base_dir, "late_head")
+    settings["model"]["fusion"].update({"fit_on": fit_on, "history_share": True})
+    recommender = build_recommender("atflrec", settings)
     assert isinstance(recommender, LLMRecommender)
-    recommender.fit(train, Context(catalogue, lambda n: features, seed=3))
+    recommender.fit(train, Context(catalogue, lambda n: features, seed=3, validation=validation))
 
     settings = recommender.settings
     model = build_model(settings.model, seed=3)
@@ -83,7 +88,8 @@ def test_fusion_on_cached_outputs_equals_the_training_loop(tiny_base_dir, data) 
     fit_audio_normalisation(model, items, features)
     collator = make_collator(model, features)
     for stage in model.fusion.stages():  # the plain loop: the LLM runs in every fusion step
-        train_stage(model, stage, train, collator, settings.optim, seed=3)
+        train_stage(model, stage, stage_rows(stage, settings.model.fusion, train, validation), collator,
+                    settings.optim, seed=3)
     model.configure_stage(None)
     for mine, theirs in zip(recommender.model.fusion.parameters(), model.fusion.parameters()):
         torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)

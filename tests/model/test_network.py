@@ -122,3 +122,17 @@ def test_history_share_enters_late_fusion_through_one_learned_weight(build, rows
     torch.testing.assert_close(moved, 2.0 * torch.log((liked + 0.5) / (disliked + 0.5)))
     fusion_stage = next(s for s in shared.fusion.stages() if s.train_fusion)
     assert any(p is shared.fusion.history_weight for p in shared.configure_stage(fusion_stage))
+
+
+def test_stage_rows_give_a_fusion_stage_fit_on_validation_equal_shares_of_the_held_out_rows() -> None:
+    from atflrec.model.fusion import FusionConfig, LateWeighted, stage_rows
+
+    text, _, fusion = LateWeighted.stages()
+    held_out = FusionConfig(fit_on="validation")
+    train, validation = list(range(10)), list(range(100, 107))
+    assert stage_rows(text, held_out, train, validation) == train  # adapters always train on training rows
+    assert stage_rows(fusion, FusionConfig(), train, validation) == train
+    assert stage_rows(fusion, held_out, train, validation) == validation
+    shares = [stage_rows(fusion, held_out, train, validation, rank, 2) for rank in (0, 1)]
+    assert shares == [[100, 102, 104], [101, 103, 105]]  # equal sizes: every rank takes as many steps
+    assert stage_rows(fusion, held_out, train, []) == train  # nothing held out: the training rows

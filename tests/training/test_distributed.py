@@ -133,6 +133,25 @@ def test_the_local_loop_and_a_one_worker_ray_run_take_the_same_steps(benchmark, 
     assert outcome.history[-1]["lr_factor"] == pytest.approx(lr_factor(4, 5, 2, "linear"))
 
 
+def test_a_fusion_stage_fit_on_validation_rows_trains_on_them_in_both_loops(benchmark, tiny_base_dir, tmp_path):
+    """``fusion.fit_on: validation``: the fusion stage steps over the held-out validation rows (the
+    adapters' stages over the training rows), with the same losses in a 1-worker Ray run and locally."""
+    config = _config(benchmark, tiny_base_dir, tmp_path, **{
+        "model.fusion.strategy": "late_weighted", "model.fusion.history_share": True,
+        "model.fusion.fit_on": "validation", "optim.epochs": 1, "scaling.num_workers": 1})
+    outcome = train(config)
+    val = read_samples(config.samples, "val").num_rows
+    assert val != config.shots
+    steps = [len(outcome.losses[stage]) for stage in ("text", "audio", "fusion")]
+    assert steps == [-(-config.shots // 4), -(-config.shots // 4), -(-val // 4)]
+    local = LocalTrainConfig.model_validate({
+        **config.model_dump(include={"model", "samples", "features", "shots", "seed", "optim", "precision"}),
+        "eval_splits": ["val"]})
+    expected = train_run(prepare_run(local)).losses
+    for stage in ("text", "audio", "fusion"):
+        assert np.allclose(outcome.losses[stage], expected[stage], rtol=1e-4, atol=1e-5), stage
+
+
 def train_worker_pids() -> list[int]:
     """PIDs of this session cluster's Ray Train workers (children of its raylet; the state API
     needs the dashboard, which the test cluster does not start)."""
