@@ -76,9 +76,9 @@ def spot_check(best: Path, dataset: Path, features: str, samples: Path, rows: in
     from atflrec.baselines import Context, build_recommender
     from atflrec.metrics import auc
     from atflrec.model.artifact import read_meta
+    from atflrec.model.prefix import Query
     from atflrec.samples import few_shot, read_samples
     from atflrec.serving.catalogue import Catalogue
-    from atflrec.serving.prefix import Query
     from atflrec.serving.scorer import ServedModel, audio_mels
 
     table = read_samples(samples, "cold")

@@ -47,10 +47,10 @@ def main() -> None:
     from atflrec.data.format import load_dataset
     from atflrec.data.synth import SynthConfig, generate
     from atflrec.features.pipeline import FeatureConfig, build_feature_store
+    from atflrec.model.prefix import Query
     from atflrec.samples import SampleConfig, make_samples
     from atflrec.serving.catalogue import Catalogue
     from atflrec.serving.demo import example_history
-    from atflrec.serving.prefix import Query
     from atflrec.serving.scorer import ServedModel
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig

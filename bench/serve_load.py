@@ -21,7 +21,7 @@ Builds a small built-in benchmark dataset with 40-bin features in a temporary di
   request handling).
 * ``recommend_prefix_vs_naive``: scoring the whole catalogue for one 10-item history with the
   real SmolLM2 (early fusion, 40 bins, one torch thread), shared prefix
-  (``atflrec.serving.prefix``) against the offline path with one full prompt per candidate
+  (``atflrec.model.prefix``) against the offline path with one full prompt per candidate
   (``Collator`` + ``predict``); the scores agree.
 
 Ratios are measured against baselines of the same run. Goals: ``batched_vs_unbatched_c32`` >= 1.5,
@@ -256,7 +256,7 @@ def prefix_vs_naive(paths: dict[str, Path], catalogue_size: int) -> dict[str, An
 
     from atflrec.features.store import load_features
     from atflrec.model.artifact import load_artifact
-    from atflrec.serving.prefix import Query, score_queries
+    from atflrec.model.prefix import Query
     from atflrec.serving.scorer import AudioTokens
     from atflrec.training.local import make_collator, predict
 
@@ -274,9 +274,9 @@ def prefix_vs_naive(paths: dict[str, Path], catalogue_size: int) -> dict[str, An
     rows = [{"sample_id": i, "user_id": "u", "item_id": i, "title": titles[i], "label": 0, "timestamp": 0, **hist}
             for i in candidates]
     collator = make_collator(model, features)
-    score_queries(model, [Query(hist, query.targets[:2])], features, AudioTokens(model.encoder, features))  # warm-up
+    model.score_queries([Query(hist, query.targets[:2])], features, AudioTokens(model.encoder, features))  # warm-up
     start = time.perf_counter()
-    shared = score_queries(model, [query], features, AudioTokens(model.encoder, features), rows_per_pass=32)[0]
+    shared = model.score_queries([query], features, AudioTokens(model.encoder, features), rows_per_pass=32)[0]
     shared_s = time.perf_counter() - start
     start = time.perf_counter()
     naive = predict(model, rows, collator, batch_size=8)

@@ -4,7 +4,7 @@
   the OpenAPI schema at ``/openapi.json`` and ``/docs``.
 - Model calls of concurrent requests are batched (``@serve.batch``): the queries of one batch run
   their prompt prefixes together and share forward passes over candidate suffixes
-  (:mod:`atflrec.serving.prefix`).
+  (:mod:`atflrec.model.prefix`).
 - Several models are served side by side (``@serve.multiplexed``): the request header
   ``serve_multiplexed_model_id`` names one of ``args.models``; without it the first one answers.
   Serve routes a header's requests to replicas that already hold that model, and splits batches by it.
@@ -38,9 +38,9 @@ from ray.serve.config import BackpressureConfig
 
 from atflrec.config import build_config
 from atflrec.features.audio import BadAudio
+from atflrec.model.prefix import Query
 from atflrec.serving.catalogue import Catalogue, ItemExists, NotColdItem
 from atflrec.serving.config import DEPLOYMENT, ServeArgs
-from atflrec.serving.prefix import Query
 from atflrec.serving.retrieval import catalogue_index, sync
 from atflrec.serving.schemas import (
     DeletedItem,

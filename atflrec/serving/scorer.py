@@ -13,8 +13,8 @@ from atflrec.model.adapters import ADAPTER_SEES_AUDIO
 from atflrec.model.audio_encoder import AudioEncoder
 from atflrec.model.batch import stack_audio
 from atflrec.model.network import ATFLRecModel, ModelConfig
+from atflrec.model.prefix import Query
 from atflrec.serving.catalogue import Catalogue
-from atflrec.serving.prefix import Query, score_queries
 
 ENCODE_CHUNK = 256  # items per encoder call when filling the cache
 
@@ -71,7 +71,7 @@ class ServedModel:
         return cls(model_id, path, meta, model, features, AudioTokens(model.encoder, features))
 
     def score(self, queries: Sequence[Query], rows_per_pass: int) -> list[np.ndarray]:
-        return score_queries(self.model, queries, self.audio_items, self.audio, rows_per_pass)
+        return self.model.score_queries(queries, self.audio_items, self.audio, rows_per_pass)
 
 
 def _no_paths(value: Any) -> Any:

@@ -39,7 +39,7 @@ def test_soft_tokens_land_exactly_at_the_placeholders(build, rows) -> None:
     inputs = collator(rows).prompts[AUDIO]
     soft = model.encoder(inputs.audio, inputs.audio_mask).reshape(-1, 32)
     plain = model.llm.get_input_embeddings()(inputs.input_ids.masked_fill(inputs.input_ids == model.audio_token_id, 0))
-    embeds = model.embed(inputs)
+    embeds = model.embed(inputs.input_ids, lambda: model.encoded_audio(inputs))
     slots = inputs.input_ids == model.audio_token_id
     assert int(slots.sum()) == soft.shape[0] == 2 * inputs.audio.shape[0]
     assert torch.equal(embeds[slots], soft)  # row by row, left to right, k tokens per item

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atflrec.model.batch import AUDIO
-from atflrec.serving.prefix import Query, score_queries, shared_length, split_prompts
+from atflrec.model.prefix import Query, shared_length, split_prompts
 from atflrec.serving.scorer import AudioTokens, top_k
 from atflrec.training.local import make_collator, predict
 
@@ -48,7 +48,7 @@ def offline_scores(model, features, query: Query) -> np.ndarray:
     ("late_weighted", True), ("late_head", True)])
 def test_shared_prefix_scores_equal_the_full_prompt_path(make_model, features, strategy, history_share) -> None:
     model = make_model(strategy, seed=3, history_share=history_share)
-    served = score_queries(model, QUERIES, features, AudioTokens(model.encoder, features), rows_per_pass=3)
+    served = model.score_queries(QUERIES, features, AudioTokens(model.encoder, features), rows_per_pass=3)
     for query, scores in zip(QUERIES, served):
         expected = offline_scores(model, features, query)
         np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
@@ -74,8 +74,8 @@ def test_a_model_that_sees_other_audio_scores_differently(make_model, features) 
     """The cached audio tokens are really used: other features, other scores."""
     model = make_model("early", seed=5)
     shifted = {k: (v.astype(np.float32) + 2).astype(np.float16) for k, v in features.items()}
-    a = score_queries(model, QUERIES[:1], features, AudioTokens(model.encoder, features))[0]
-    b = score_queries(model, QUERIES[:1], shifted, AudioTokens(model.encoder, shifted))[0]
+    a = model.score_queries(QUERIES[:1], features, AudioTokens(model.encoder, features))[0]
+    b = model.score_queries(QUERIES[:1], shifted, AudioTokens(model.encoder, shifted))[0]
     assert np.abs(a - b).max() > 1e-4
 
 
