@@ -41,6 +41,7 @@ from atflrec.features.audio import BadAudio
 from atflrec.model.prefix import Query
 from atflrec.serving.catalogue import Catalogue, ItemExists, NotColdItem
 from atflrec.serving.config import DEPLOYMENT, ServeArgs
+from atflrec.serving.metrics import ServingMetrics
 from atflrec.serving.retrieval import catalogue_index, sync
 from atflrec.serving.schemas import (
     DeletedItem,
@@ -212,6 +213,7 @@ class Recommender:
         self.index = catalogue_index(self.args.retrieval, self.catalogue, self.args.dataset, self.args.features,
                                      self.args.retrieval_index_dir)
         self.batches = self.queries = 0  # model calls and the requests they served (batching at work)
+        self.metrics = ServingMetrics()
         # The default model loads with the replica, so a ready replica answers without a cold start.
         self._preloaded = {self.args.default_model: self._load(self.args.default_model)}
         self._score_batch.set_max_batch_size(self.args.batching.max_batch_size)
@@ -241,6 +243,7 @@ class Recommender:
         # about twice the throughput), at the price of everything else waiting behind a batch.
         served = calls[0][0]
         self.batches, self.queries = self.batches + 1, self.queries + len(calls)
+        self.metrics.batch_queries.observe(len(calls))
         queries, rows = [query for _, query in calls], self.args.batching.rows_per_pass
         if self.args.batching.on_event_loop:
             return served.score(queries, rows)
@@ -264,6 +267,10 @@ class Recommender:
             raise RuntimeError(f"the catalogue {items} cannot be read")
         if os.path.exists(self.args.items_dir) and not os.access(self.args.items_dir, os.R_OK | os.X_OK):
             raise RuntimeError(f"items_dir {self.args.items_dir} cannot be read")
+
+    def _count_scored(self, endpoint: str, query: Query) -> None:
+        self.metrics.prefixes.inc(1, tags={"endpoint": endpoint})
+        self.metrics.scored.inc(len(query.targets), tags={"endpoint": endpoint})
 
     def _check_history(self, history: Sequence[HistoryEntry]) -> None:
         if len(history) > self.args.limits.max_history:
@@ -298,7 +305,9 @@ class Recommender:
         self.catalogue.refresh()
         query = build_query(self.catalogue, body.history, body.candidates, "candidates")
         served = await self.get_model(model_id)
-        scores = await self._score_batch((served, query))
+        with self.metrics.timed("score"):
+            scores = await self._score_batch((served, query))
+        self._count_scored("score", query)
         return ScoreResponse(model=served.model_id, scores=[
             ScoredItem(item_id=item, title=title, score=float(s)) for (item, title), s in zip(query.targets, scores)
         ])
@@ -313,15 +322,19 @@ class Recommender:
         sync(self.index, self.catalogue)
         build_query(self.catalogue, body.history, [], "catalogue")  # unknown history ids: a 422 before any work
         seen = [h.item_id for h in body.history]
-        shortlist = self.index.retrieve([h.item_id for h in body.history if h.liked],
-                                        [h.item_id for h in body.history if not h.liked],
-                                        max(self.args.retrieval.rerank_candidates, body.k), exclude=seen)
+        with self.metrics.timed("retrieval"):
+            shortlist = self.index.retrieve([h.item_id for h in body.history if h.liked],
+                                            [h.item_id for h in body.history if not h.liked],
+                                            max(self.args.retrieval.rerank_candidates, body.k), exclude=seen)
+        self.metrics.retrieved.inc(len(shortlist))
         if not shortlist:
             raise RequestError(422, "history", "the history covers the whole catalogue; nothing is left to recommend")
         candidates = [item for item, _ in shortlist]
         query = build_query(self.catalogue, body.history, candidates, "catalogue")
         served = await self.get_model(model_id)
-        scores = await self._score_batch((served, query))
+        with self.metrics.timed("rerank"):
+            scores = await self._score_batch((served, query))
+        self._count_scored("recommend", query)
         retrieval = {item: (rank, score) for rank, (item, score) in enumerate(shortlist, 1)}
         return RecommendResponse(model=served.model_id, retrieved=len(shortlist), catalogue_size=len(self.catalogue),
                                  items=[

@@ -347,3 +347,47 @@ def test_an_upload_titled_with_control_tokens_breaks_nothing(served, offline) ->
     scored = client.post("/v1/score", json={"history": history_of(ids[:3]), "candidates": ["hostile-1", ids[4]]})
     assert scored.status_code == 200, scored.text
     assert all(np.isfinite(s["score"]) for s in scored.json()["scores"])
+
+
+def _metric_sums(text: str, name: str, **tags: str) -> float:
+    """The sum of a Prometheus metric's samples (any suffix-free name, ``_total`` too) whose labels
+    include ``tags``."""
+    import re
+
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"ray_{name}(?:_total)?\{{(.*)\}} (\S+)$", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in tags.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_the_app_exports_its_stage_metrics_to_prometheus(served) -> None:
+    """Items retrieved and re-ranked, queries scored and stage latencies reach the node's metrics
+    endpoint (Ray exports them every few seconds), tagged with the deployment."""
+    import time
+
+    import ray
+
+    url = f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}/metrics"
+    ids = sorted(served["titles"])
+    before = _metric_sums(httpx.get(url, timeout=10).text, "atflrec_retrieved_items")
+    for start in (0, 4):
+        response = served["client"].post("/v1/recommend", json={"history": history_of(ids[start:start + 3]), "k": 2})
+        assert response.status_code == 200, response.text
+    response = served["client"].post("/v1/score", json={"history": history_of(ids[:2]), "candidates": ids[5:8]})
+    assert response.status_code == 200, response.text
+    deadline, text = time.time() + 90, ""
+    while time.time() < deadline:
+        text = httpx.get(url, timeout=10).text
+        if _metric_sums(text, "atflrec_retrieved_items") >= before + 2 * RERANK and \
+                _metric_sums(text, "atflrec_scored_candidates", endpoint="score") >= 3:
+            break
+        time.sleep(2)
+    assert _metric_sums(text, "atflrec_retrieved_items", deployment="Recommender") >= before + 2 * RERANK
+    assert _metric_sums(text, "atflrec_scored_candidates", endpoint="recommend") >= 2 * RERANK
+    assert _metric_sums(text, "atflrec_scored_queries", endpoint="score") >= 1
+    for stage in ("retrieval", "rerank", "score"):
+        assert _metric_sums(text, "atflrec_stage_latency_ms_count", stage=stage) >= 1, stage
+    assert _metric_sums(text, "atflrec_batch_queries_count") >= 3
+    assert _metric_sums(text, "serve_deployment_request_counter") > 0  # Serve's own metrics beside ours
