@@ -7,7 +7,8 @@ key or a bad value raises :class:`ConfigError` whose message names the dotted ke
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,24 +62,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each dotted ``key=value`` override set."""
-    result = _deep_copy(data)
+    result = merge(data, {})
     for text in overrides:
         path, value = parse_override(text)
-        node = result
+        result = merge(result, {".".join(path): value})
+    return result
+
+
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``changes`` merged in.
+
+    A key of ``changes`` is a dotted path (``a.b.c``); missing or null sections on the way are
+    created, and a path through a value that is not a section is a :class:`ConfigError`. A mapping
+    merges into the section it lands on key by key (its own keys are plain: a dot in them is part of
+    the key, as in a search space's knobs); any other value replaces what was there.
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        path = key.split(".")
+        node = merged
         for depth, part in enumerate(path[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                prefix = ".".join(path[: depth + 1])
-                raise ConfigError(f"{prefix}: is a value, not a section; cannot set {'.'.join(path)}")
+                raise ConfigError(f"{'.'.join(path[: depth + 1])}: is a value, not a section; cannot set {key}")
             node = child
-        node[path[-1]] = value
-    return result
+        node[path[-1]] = _merge_plain(node.get(path[-1]), value)
+    return merged
 
 
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+def _merge_plain(current: Any, value: Any) -> Any:
+    if isinstance(value, Mapping) and isinstance(current, dict):
+        return {**current, **{k: _merge_plain(current.get(k), v) for k, v in value.items()}}
+    return copy.deepcopy(value)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

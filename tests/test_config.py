@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from atflrec.config import ConfigError, StrictModel, apply_overrides, dump_config, load_config
+from atflrec.config import ConfigError, StrictModel, apply_overrides, dump_config, load_config, merge
 
 
 class Inner(StrictModel):
@@ -94,6 +94,27 @@ def test_malformed_overrides(text: str) -> None:
 def test_override_into_a_value_is_an_error() -> None:
     with pytest.raises(ConfigError, match="name: is a value, not a section"):
         apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_merge_sets_dotted_paths_and_merges_sections_key_by_key() -> None:
+    base = {"optim": {"lr": 1e-3, "epochs": 2}, "model": None, "tags": ["a"]}
+    merged = merge(base, {"optim": {"epochs": 5}, "model.lora.r": 4, "tags": ["b"], "space": {"optim.lr": [1]}})
+    assert merged == {"optim": {"lr": 1e-3, "epochs": 5}, "model": {"lora": {"r": 4}}, "tags": ["b"],
+                      "space": {"optim.lr": [1]}}  # keys inside a mapping value are plain, dots and all
+    assert base == {"optim": {"lr": 1e-3, "epochs": 2}, "model": None, "tags": ["a"]}  # untouched
+
+
+def test_merge_copies_so_the_result_shares_nothing_with_its_inputs() -> None:
+    base, change = {"a": {"b": [1]}}, {"c": {"d": [2]}}
+    merged = merge(base, change)
+    merged["a"]["b"].append(3)
+    merged["c"]["d"].append(3)
+    assert (base, change) == ({"a": {"b": [1]}}, {"c": {"d": [2]}})
+
+
+def test_merge_through_a_value_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="a.b: is a value, not a section; cannot set a.b.c"):
+        merge({"a": {"b": 1}}, {"a.b.c": 2})
 
 
 def test_dump_round_trips(tmp_path: Path) -> None:

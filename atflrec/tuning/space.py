@@ -25,9 +25,8 @@ from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from atflrec.config import ConfigError, StrictModel, build_config, load_config, read_yaml
+from atflrec.config import ConfigError, StrictModel, build_config, load_config, merge, read_yaml
 from atflrec.model.fusion import STRATEGIES
-from atflrec.training.deepspeed_config import merge
 from atflrec.training.distributed_config import TrainConfig
 
 KINDS = ("choice", "uniform", "quniform", "loguniform", "randint")
@@ -180,22 +179,10 @@ class SearchPlan:
 
 def trial_config(base: dict[str, Any], knobs: dict[str, Any], run_name: str, storage_path: str) -> TrainConfig:
     """The training config of a trial with these knob values, stored as run ``run_name``."""
-    data = with_knobs(base, knobs)
+    data = merge(base, knobs)
     data["run"] = {**data.get("run", {}), "name": run_name, "storage_path": storage_path}
     data["out"], data["address"] = None, None
     return build_config(TrainConfig, data, "trial config")
-
-
-def with_knobs(base: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
-    data = copy.deepcopy(base)
-    for key, value in knobs.items():
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            child = node.get(part)
-            node = node.setdefault(part, {}) if child is None else child
-        node[leaf] = copy.deepcopy(value)
-    return data
 
 
 def evaluations_per_stage(epochs: int, eval_every: int) -> int:
@@ -261,7 +248,7 @@ def plan(space: TuneSpace) -> SearchPlan:
         _check_key(key)
         for value in distribution.candidates():
             try:
-                config = build_config(TrainConfig, with_knobs(base, {key: value}), f"space {key} = {value!r}")
+                config = build_config(TrainConfig, merge(base, {key: value}), f"space {key} = {value!r}")
             except ConfigError as exc:
                 raise ConfigError(f"space: {key}: value {value!r} does not fit the training config\n{exc}") from None
             if config.model.encoder.n_mels != base_n_mels and distribution.kind != "choice":

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from atflrec.config import merge
 from atflrec.model.artifact import load_artifact
 from atflrec.samples import read_samples
 from atflrec.training.distributed import TrainingError, train
@@ -55,13 +56,7 @@ def _config(benchmark: Path, tiny_base_dir: Path, tmp_path: Path, **overrides) -
         "run": {"name": "run", "storage_path": str(tmp_path / "storage"), "keep_best": 2},
         "out": str(tmp_path / "best"),
     }
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return TrainConfig.model_validate(data)
+    return TrainConfig.model_validate(merge(data, overrides))
 
 
 def _steps(config: TrainConfig, stages: int) -> int:

@@ -5,14 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from atflrec.config import merge
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
 
 
 def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **overrides: Any) -> dict[str, Any]:
@@ -36,9 +31,6 @@ def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **o
         "num_samples": 4, "scheduler": "asha", "asha": {"grace_period": 1, "reduction_factor": 2},
         "search": "random", "seed": 0, "out": str(out),
     }
-    for key, value in overrides.items():
-        if key.startswith("space."):  # a knob: its own key holds dots
-            data["space"][key.removeprefix("space.")] = value
-        else:
-            _set(data, key, value)
-    return data
+    # A knob (``space.<knob>``) is one key that holds dots; every other override is a dotted path.
+    data["space"].update({k.removeprefix("space."): v for k, v in overrides.items() if k.startswith("space.")})
+    return merge(data, {k: v for k, v in overrides.items() if not k.startswith("space.")})
