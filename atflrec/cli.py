@@ -66,7 +66,7 @@ def _data_import_microlens(args: argparse.Namespace) -> int:
 
 
 def _data_import_instructions(args: argparse.Namespace) -> int:
-    from atflrec.data.instructions import import_instructions
+    from atflrec.samples.instructions import import_instructions
 
     count = import_instructions(args.file, args.out, split=args.split)
     print(f"wrote {count} {args.split} samples to {args.out}")

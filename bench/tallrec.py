@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 
 from atflrec.baselines import Context, Item, build_recommender
-from atflrec.data.instructions import import_instructions
 from atflrec.metrics import auc
 from atflrec.samples import few_shot, read_samples
+from atflrec.samples.instructions import import_instructions
 
 BOOK_INSTRUCTION = (
     "Given the user's preference and unpreference, identify whether the user will like the target "
