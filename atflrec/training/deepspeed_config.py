@@ -1,4 +1,5 @@
-"""DeepSpeed configs: a shipped JSON file per setup, its ``"auto"`` values filled from our config.
+"""DeepSpeed configs: a shipped JSON file per setup (``deepspeed/NAME``), its ``"auto"`` values filled
+from our config.
 
 Batch size, gradient accumulation, clipping and bf16 live in the training config (one place, shared
 with the local loop); a DeepSpeed file says ``"auto"`` for them, as Hugging Face's integration does.
@@ -9,10 +10,9 @@ silently. Keys starting with ``_`` are comments and are dropped.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from atflrec.config import ConfigError, merge
+from atflrec.config import ConfigError, find_config, merge
 
 AUTO = "auto"
 
@@ -33,9 +33,10 @@ def _fill(config: dict[str, Any], dotted: str, value: Any, source: str) -> dict[
 def resolve_deepspeed_config(path: str, overrides: dict[str, Any], *, batch_size: int, grad_accum: int,
                              max_grad_norm: float | None, bf16: bool) -> dict[str, Any]:
     """The DeepSpeed config dict a worker passes to ``deepspeed.initialize``."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"deepspeed.config: no DeepSpeed config file at {path}")
+    try:
+        file = find_config(path)
+    except ConfigError as error:
+        raise ConfigError(f"deepspeed.config: {error}") from None
     try:
         loaded = json.loads(file.read_text())
     except json.JSONDecodeError as error:

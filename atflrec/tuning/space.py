@@ -1,4 +1,4 @@
-"""Search spaces (``tune_spaces/*.yaml``): a base training config, knobs with distributions, and
+"""Search spaces (shipped as ``tune/NAME``): a base training config, knobs with distributions, and
 how to search them.
 
 A knob is a dotted :class:`~atflrec.training.distributed_config.TrainConfig` key with a
@@ -23,9 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from atflrec.config import ConfigError, StrictModel, build_config, load_config, merge, read_yaml
+from atflrec.config import (
+    RELATIVE_TO,
+    ConfigError,
+    ConfigRef,
+    StrictModel,
+    build_config,
+    config_ref,
+    load_config,
+    merge,
+)
 from atflrec.model.fusion import STRATEGIES
 from atflrec.training.distributed_config import TrainConfig
 
@@ -114,8 +123,9 @@ class AshaSettings(StrictModel):
 class TuneSpace(StrictModel):
     """``atflrec tune``: a search over training configs, each trial one Ray Train run."""
 
-    base: str | None = Field(
-        None, description="training config file (as for `atflrec train`); unset: TrainConfig defaults")
+    base: ConfigRef | None = Field(
+        None, description="training config (as for `atflrec train`: a shipped one's name or a file); "
+                          "unset: TrainConfig defaults")
     train: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig keys (nested) set for every trial, over base")
     space: dict[str, Distribution] = Field(..., min_length=1, description="dotted TrainConfig key -> distribution")
@@ -147,6 +157,16 @@ class TuneSpace(StrictModel):
     out: str = Field("runs/tune", description="output dir: the search's state, trial runs, results table, plots, best/")
     export: str | None = Field(
         None, description="also copy best/ here (e.g. where serving loads from); unset: only OUT/best")
+
+    @field_validator("train")
+    @classmethod
+    def _train_config_refs(cls, train: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A DeepSpeed config named under train resolves where the space's base does."""
+        deepspeed = train.get("deepspeed")
+        if isinstance(deepspeed, dict) and isinstance(deepspeed.get("config"), str):
+            ref = config_ref(deepspeed["config"], (info.context or {}).get(RELATIVE_TO))
+            return merge(train, {"deepspeed.config": ref})
+        return train
 
     @field_validator("space")
     @classmethod
@@ -227,9 +247,6 @@ def _absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("samples", "features"):
         if data.get(key):
             data[key] = absolute_uri(str(data[key]))
-    deepspeed = data.get("deepspeed", {})
-    if deepspeed.get("config"):
-        deepspeed["config"] = str(Path(deepspeed["config"]).resolve())
     model = data.get("model", {})
     if model.get("base_model") and Path(model["base_model"]).exists():  # a local model dir, not a name
         model["base_model"] = str(Path(model["base_model"]).resolve())
@@ -238,7 +255,9 @@ def _absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
 
 def plan(space: TuneSpace) -> SearchPlan:
     """Validate ``space`` against TrainConfig and resolve its base config."""
-    base = merge(read_yaml(space.base) if space.base else {}, space.train)
+    # The base's own references resolve against its file; dumped, they hold shipped names or absolute paths.
+    base_file = load_config(TrainConfig, space.base).model_dump(mode="json", exclude_unset=True) if space.base else {}
+    base = merge(base_file, space.train)
     base_config = build_config(TrainConfig, base, f"{space.base or 'TrainConfig defaults'} + train")
     base_n_mels = base_config.model.encoder.n_mels
     n_mels = {base_n_mels}

@@ -7,8 +7,6 @@ from typing import Any
 
 from atflrec.config import merge
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **overrides: Any) -> dict[str, Any]:
     """A search space as data: 1-worker trials of the tiny model, 4 trials, two Mel-bin counts that
@@ -21,7 +19,7 @@ def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **o
             "samples": str(benchmark / "samples"), "features": str(features),
             "shots": 8, "seed": 0, "eval_splits": ["val", "test"], "max_eval_samples": 8,
             "optim": {"lr": 1e-2, "encoder_lr": 1e-2, "batch_size": 4, "epochs": 2},
-            "deepspeed": {"config": str(REPO / "configs/deepspeed/zero2_cpu.json")},
+            "deepspeed": {"config": "deepspeed/zero2_cpu"},
             "scaling": {"num_workers": 1, "cpus_per_worker": 1},
             "run": {"keep_best": 1},
         },
