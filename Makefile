@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Everything but the tests that use the real base model or a separate Ray head.
+# Everything but the slower tests: the real base model, a separate Ray head, a built wheel.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 

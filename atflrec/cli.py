@@ -8,8 +8,11 @@ inside the handlers so ``atflrec --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from atflrec.errors import UserError
@@ -66,7 +69,7 @@ def _data_import_microlens(args: argparse.Namespace) -> int:
 
 
 def _data_import_instructions(args: argparse.Namespace) -> int:
-    from atflrec.data.instructions import import_instructions
+    from atflrec.samples.instructions import import_instructions
 
     count = import_instructions(args.file, args.out, split=args.split)
     print(f"wrote {count} {args.split} samples to {args.out}")
@@ -133,6 +136,43 @@ def _features(args: argparse.Namespace) -> int:
     config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address", "prune"))
     summary = build_feature_store(args.data, args.out, config)
     print(summary.describe())
+    return 0
+
+
+# --- shipped configs ------------------------------------------------------------------------
+
+SUMMARY_WIDTH = 100
+
+
+def _summary(path: Path) -> str:
+    """A config's one-line summary: the first sentence of its first comment paragraph after the
+    command that runs it (a DeepSpeed JSON file: of its ``_comment``)."""
+    if path.suffix == ".json":
+        text = str(json.loads(path.read_text()).get("_comment", ""))
+    else:
+        paragraph: list[str] = []
+        for line in path.read_text().splitlines():
+            words = line.removeprefix("#").strip()
+            if not line.startswith("#") or (paragraph and (not words or words.startswith("- "))):
+                break
+            if words and not words.startswith("atflrec "):
+                paragraph.append(words)
+        text = " ".join(paragraph)
+    sentence = re.match(r"(.*?(?<!e\.g)(?<!i\.e)\.)(\s|$)", text)
+    text = sentence.group(1) if sentence else text
+    return text if len(text) <= SUMMARY_WIDTH else text[:SUMMARY_WIDTH].rsplit(" ", 1)[0] + " ..."
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from atflrec.config import find_config, packaged_configs
+
+    if args.action == "show":
+        print(find_config(args.name).read_text(), end="")
+        return 0
+    configs = packaged_configs()
+    width = max(map(len, configs))
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {_summary(path)}")
     return 0
 
 
@@ -279,7 +319,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (keys of the stage's config model)")
+    parser.add_argument("--config", help="YAML config: a shipped one's name (atflrec configs list) or a file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. users=200")
 
 
@@ -357,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
-    tune.add_argument("--space", dest="config", required=True, metavar="FILE",
-                      help="search space, e.g. tune_spaces/default.yaml")
+    tune.add_argument("--space", dest="config", required=True, metavar="NAME|FILE",
+                      help="search space: a shipped one's name (e.g. tune/default) or a file")
     tune.add_argument("--num-samples", type=int, help="trials to run")
     tune.add_argument("--scheduler", choices=["asha", "fifo"],
                       help="asha stops weak trials early; fifo runs all to the end")
@@ -370,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="overrides of the space's keys, e.g. train.samples=DIR")
     tune.set_defaults(handler=_tune)
+
+    configs = verbs.add_parser("configs", help="the shipped configs (name them with --config / --space)")
+    config_actions = configs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_actions.add_parser("list", help="every shipped config's name and summary")
+    show = config_actions.add_parser("show", help="print a shipped config (e.g. to start your own from it)")
+    show.add_argument("name", help="its name, e.g. train/cpu")
+    configs.set_defaults(handler=_configs)
 
     model = verbs.add_parser("model", help="base models")
     model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")

@@ -3,20 +3,28 @@
 Every stage declares its settings as a :class:`StrictModel`. ``load_config`` reads an optional
 YAML file, applies dotted command-line overrides (``synth.users=200``), and validates. An unknown
 key or a bad value raises :class:`ConfigError` whose message names the dotted key and the problem.
+
+Shipped configs live in the package (``atflrec/configs/``) and are named by their path there without
+the suffix (``train/cpu``, ``deepspeed/zero2_cpu``); :func:`find_config` turns a name or a path into
+the file, and a :data:`ConfigRef` field (a config that names another one) holds either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from atflrec.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
+CONFIG_SUFFIXES = (".yaml", ".json")
+RELATIVE_TO = "relative_to"  # validation context: the directory of the file being validated
 
 
 class StrictModel(BaseModel):
@@ -61,24 +69,93 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each dotted ``key=value`` override set."""
-    result = _deep_copy(data)
+    result = merge(data, {})
     for text in overrides:
         path, value = parse_override(text)
-        node = result
+        result = merge(result, {".".join(path): value})
+    return result
+
+
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``changes`` merged in.
+
+    A key of ``changes`` is a dotted path (``a.b.c``); missing or null sections on the way are
+    created, and a path through a value that is not a section is a :class:`ConfigError`. A mapping
+    merges into the section it lands on key by key (its own keys are plain: a dot in them is part of
+    the key, as in a search space's knobs); any other value replaces what was there.
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        path = key.split(".")
+        node = merged
         for depth, part in enumerate(path[:-1]):
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                prefix = ".".join(path[: depth + 1])
-                raise ConfigError(f"{prefix}: is a value, not a section; cannot set {'.'.join(path)}")
+                raise ConfigError(f"{'.'.join(path[: depth + 1])}: is a value, not a section; cannot set {key}")
             node = child
-        node[path[-1]] = value
-    return result
+        node[path[-1]] = _merge_plain(node.get(path[-1]), value)
+    return merged
 
 
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+def _merge_plain(current: Any, value: Any) -> Any:
+    if isinstance(value, Mapping) and isinstance(current, dict):
+        return {**current, **{k: _merge_plain(current.get(k), v) for k, v in value.items()}}
+    return copy.deepcopy(value)
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Every shipped config by name (``train/cpu``), sorted."""
+    root = _package_root()
+    files = (p for p in root.rglob("*") if p.suffix in CONFIG_SUFFIXES)
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(files)}
+
+
+def find_config(ref: str | Path, relative_to: str | Path | None = None) -> Path:
+    """The config file ``ref`` names, by these rules, first match wins:
+
+    1. an absolute path;
+    2. a relative path: against ``relative_to``, the directory of the config file that holds the
+       reference; without one (a command-line argument) against the current directory;
+    3. a shipped config's name, with or without its suffix (``train/cpu``, ``eval/quick.yaml``).
+    """
+    path = Path(ref).expanduser()
+    if path.is_absolute():
+        if path.is_file():
+            return path
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    local = Path(relative_to or ".") / path
+    if local.is_file():
+        return local.resolve()
+    root = _package_root()
+    for candidate in (root / path, *(root / f"{path}{suffix}" for suffix in CONFIG_SUFFIXES)):
+        if candidate.is_file():
+            return candidate
+    where = f"in {relative_to}" if relative_to is not None else "in the current directory"
+    raise ConfigError(f"config {str(ref)!r}: no such file {where}, nor a shipped config of that name "
+                      "(`atflrec configs list` shows them)")
+
+
+def config_ref(ref: str | Path, relative_to: str | Path | None = None) -> str:
+    """``ref`` in a form that means the same from any directory: a shipped config's name, or an absolute path."""
+    path = find_config(ref, relative_to)
+    root = _package_root()
+    if path.is_relative_to(root):
+        return path.relative_to(root).with_suffix("").as_posix()
+    return str(path)
+
+
+def _package_root() -> Path:
+    return Path(str(resources.files("atflrec") / "configs"))
+
+
+def _config_ref_field(value: str, info: ValidationInfo) -> str:
+    return config_ref(value, (info.context or {}).get(RELATIVE_TO))
+
+
+# A field naming another config file: checked when it validates, held as a name or an absolute path.
+ConfigRef = Annotated[str, AfterValidator(_config_ref_field)]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -97,23 +174,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(model: type[M], data: dict[str, Any], source: str = "config") -> M:
-    """Validate ``data`` against ``model``; errors name the dotted key."""
+def build_config(model: type[M], data: dict[str, Any], source: str = "config",
+                 relative_to: str | Path | None = None) -> M:
+    """Validate ``data`` against ``model``; errors name the dotted key. ``relative_to`` is where the
+    config came from: :data:`ConfigRef` fields resolve relative paths there (else in the current
+    directory: a command-line or Python value)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={RELATIVE_TO: relative_to})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
 def load_config(model: type[M], path: str | Path | None = None, overrides: Iterable[str] = ()) -> M:
-    """Load ``model`` from an optional YAML file plus dotted ``key=value`` overrides."""
-    data = read_yaml(path) if path is not None else {}
+    """Load ``model`` from an optional YAML file (a path or a shipped config's name, see
+    :func:`find_config`) plus dotted ``key=value`` overrides."""
+    file = find_config(path) if path is not None else None
+    data = read_yaml(file) if file is not None else {}
     overrides = list(overrides)
     data = apply_overrides(data, overrides)
     source = str(path) if path is not None else "defaults"
     if overrides:
         source += " + overrides"
-    return build_config(model, data, source)
+    return build_config(model, data, source, file.parent if file is not None else None)
 
 
 def dump_config(config: BaseModel) -> str:

@@ -1,7 +1,7 @@
 """``atflrec demo``: the whole pipeline on the built-in benchmark data and base model.
 
 Each stage is the same function its own CLI verb calls; the demo only chains them with
-demo-sized presets (``configs/demo.yaml`` spells the defaults out) and prints where everything went.
+demo-sized presets (the shipped ``demo`` config spells the defaults out) and prints where everything went.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from atflrec.base_model.fetch import DEFAULT_MODEL
-from atflrec.config import StrictModel, dump_config
+from atflrec.config import ConfigRef, StrictModel, dump_config
 from atflrec.data.synth import SynthConfig
 from atflrec.errors import UserError
 from atflrec.features.pipeline import FeatureConfig
@@ -33,18 +33,18 @@ class DemoConfig(StrictModel):
     synth: SynthConfig = Field(default_factory=SynthConfig, description="benchmark data generator settings")
     features: FeatureConfig = Field(default_factory=FeatureConfig, description="feature-store settings")
     samples: SampleConfig = Field(default_factory=SampleConfig, description="instruction samples and splits")
-    train_config: str = Field(
-        "configs/train/cpu.yaml",
+    train_config: ConfigRef = Field(
+        "train/cpu",
         description="training config (Ray Train + DeepSpeed); the demo points it at its data, base model and workdir",
     )
     train_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the training config")
-    tune_space: str = Field(
-        "tune_spaces/demo.yaml",
+    tune_space: ConfigRef = Field(
+        "tune/demo",
         description="search space (Ray Tune); the demo points it at its samples, features and base model",
     )
     tune_overrides: list[str] = Field(default_factory=list, description="key=value overrides of the search space")
-    eval_config: str = Field(
-        "configs/eval/quick.yaml",
+    eval_config: ConfigRef = Field(
+        "eval/quick",
         description="evaluation config (baselines, ATFLRec); the demo points it at its samples, features and "
                     "base model",
     )

@@ -3,7 +3,7 @@ one pass per Mel-bin count.
 
     python bench/features.py --clips 2000 --out bench/results/features.json
 
-Generates ``--clips`` clips of the built-in benchmark data (``configs/data/synth_bench_2000.yaml``
+Generates ``--clips`` clips of the built-in benchmark data (``data/synth_bench_2000``
 with ``items`` set to ``--clips``) into a temporary directory, or uses ``--data DIR``; then times:
 
 * ``loop_torchaudio_*``: one process reads each file with soundfile and calls
@@ -47,7 +47,7 @@ from atflrec.features.pipeline import FeatureConfig, build_feature_store
 
 GOALS = {"ray_vs_loop": 1.6, "multimel_vs_separate": 1.8}
 WARMUP_CLIPS = 16
-BENCH_DATA_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "data" / "synth_bench_2000.yaml"
+BENCH_DATA_CONFIG = "data/synth_bench_2000"
 PACKAGES = ("atflrec", "ray", "torch", "torchaudio", "pyarrow", "numpy", "soundfile")
 
 

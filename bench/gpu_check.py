@@ -3,7 +3,7 @@
     bash bench/gpu_check.sh            # on a machine with a CUDA GPU; writes bench/results/gpu_check.json
 
 Runs the pipeline's own stages on a small built-in dataset: ``atflrec train`` with
-``configs/train/gpu_small_zero2.yaml`` switched to ZeRO-3 (``configs/deepspeed/zero3_gpu_bf16.json``),
+``train/gpu_small_zero2`` switched to ZeRO-3 (``deepspeed/zero3_gpu_bf16``),
 one worker, a few optimizer steps; then the exported model scored through the serving path
 (``ServedModel`` + the prefix-cached scorer) on the GPU and on the CPU, whose fp32 scores must agree
 within 0.01. Where no GPU is visible it says so and exits 2 at once, writing nothing (no hang, and
@@ -66,8 +66,8 @@ def main() -> None:
     make_samples(load_dataset(data), samples, SampleConfig())
 
     run_name = f"gpu-check-{int(time.time())}"  # a new run each time: never resumes or replaces an earlier one
-    config = load_config(TrainConfig, "configs/train/gpu_small_zero2.yaml", [
-        f"samples={samples}", f"features={features}", "deepspeed.config=configs/deepspeed/zero3_gpu_bf16.json",
+    config = load_config(TrainConfig, "train/gpu_small_zero2", [
+        f"samples={samples}", f"features={features}", "deepspeed.config=deepspeed/zero3_gpu_bf16",
         "scaling.num_workers=1", "scaling.cpus_per_worker=2", "shots=32", f"optim.max_steps={args.steps}",
         "optim.batch_size=8", "max_eval_samples=32", f"run.storage_path={(WORKDIR / 'train').resolve()}",
         f"run.name={run_name}", "run.max_failures=0", f"out={WORKDIR / run_name}",

@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 
 from atflrec.baselines import Context, Item, build_recommender
-from atflrec.data.instructions import import_instructions
 from atflrec.metrics import auc
 from atflrec.samples import few_shot, read_samples
+from atflrec.samples.instructions import import_instructions
 
 BOOK_INSTRUCTION = (
     "Given the user's preference and unpreference, identify whether the user will like the target "
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--max-test-rows", type=int, help="seeded subsample of test.json (default: every row)")
     parser.add_argument("--test-seed", type=int, default=0)
     parser.add_argument("--base-model", default="smollm2-135m-instruct")
-    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (configs/eval/default.yaml's)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate (eval/default's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--eval-batch-size", type=int, default=16)

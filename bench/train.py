@@ -35,7 +35,6 @@ from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import LocalTrainConfig, OptimConfig, prepare_run, train_stage
 
 GOALS = {"ray_ds_1w_vs_plain": 0.85}
-REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("atflrec", "ray", "torch", "deepspeed", "transformers", "peft")
 
 
@@ -78,7 +77,7 @@ def distributed(work: Path, shots: int, batch_size: int, epochs: int, workers: i
         model=model_config(), samples=str(work / "samples"), features=str(work / "features"), shots=shots,
         optim=OptimConfig(batch_size=batch_size, epochs=epochs), eval_splits=["val"], max_eval_samples=8,
         scaling={"num_workers": workers, "cpus_per_worker": 1, "threads_per_worker": 1},
-        deepspeed={"config": str(REPO / "configs/deepspeed/zero2_cpu.json")},
+        deepspeed={"config": "deepspeed/zero2_cpu"},
         run={"name": f"bench-{workers}w-{int(time.time())}", "storage_path": str(work / "runs"), "keep_best": 1},
     )
     outcome = train(config)

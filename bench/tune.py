@@ -28,7 +28,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("atflrec", "ray", "torch", "deepspeed", "optuna")
 
 
@@ -57,7 +56,7 @@ def space(work: Path, base_model: str, scheduler: str, trials: int, epochs: int,
             "samples": str(work / "samples"), "features": str(work / "features"),
             "shots": 32, "seed": 0, "eval_splits": ["val"], "max_eval_samples": 40,
             "optim": {"batch_size": 8, "epochs": epochs, "encoder_lr": 1e-2},
-            "deepspeed": {"config": str(REPO / "configs/deepspeed/zero2_cpu.json")},
+            "deepspeed": {"config": "deepspeed/zero2_cpu"},
             "scaling": {"num_workers": 1, "cpus_per_worker": 1},
             "run": {"keep_best": 1},
         },

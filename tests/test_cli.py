@@ -62,3 +62,22 @@ def test_synth_then_samples_through_the_cli(tmp_path) -> None:
     assert main(["data", "validate", str(data)]) == 0
     assert main(["samples", "--data", str(data), "--out", str(samples)]) == 0
     assert sorted(p.name for p in samples.glob("*.parquet"))
+
+
+def test_configs_list_names_every_shipped_config_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    from atflrec.config import packaged_configs
+
+    assert main(["configs", "list"]) == 0
+    lines = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert set(lines) == set(packaged_configs()) >= {"train/cpu", "eval/default", "tune/demo", "deepspeed/zero2_cpu"}
+    assert lines["train/cpu"].startswith("Ray Train + DeepSpeed ZeRO-2 on 2 CPU workers")
+    assert lines["deepspeed/zero2_cpu"] == "ZeRO-2 on CPU workers (gloo)."
+
+
+def test_configs_show_prints_the_file_and_names_what_is_not_there(capsys: pytest.CaptureFixture[str]) -> None:
+    from atflrec.config import find_config
+
+    assert main(["configs", "show", "tune/demo"]) == 0
+    assert capsys.readouterr().out == find_config("tune/demo").read_text()
+    assert main(["configs", "show", "train/nope"]) == 2
+    assert "'train/nope': no such file in the current directory, nor a shipped config" in capsys.readouterr().err

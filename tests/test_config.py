@@ -8,7 +8,17 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from atflrec.config import ConfigError, StrictModel, apply_overrides, dump_config, load_config
+from atflrec.config import (
+    ConfigError,
+    ConfigRef,
+    StrictModel,
+    apply_overrides,
+    dump_config,
+    find_config,
+    load_config,
+    merge,
+    packaged_configs,
+)
 
 
 class Inner(StrictModel):
@@ -96,8 +106,72 @@ def test_override_into_a_value_is_an_error() -> None:
         apply_overrides({"name": "x"}, ["name.sub=1"])
 
 
+def test_merge_sets_dotted_paths_and_merges_sections_key_by_key() -> None:
+    base = {"optim": {"lr": 1e-3, "epochs": 2}, "model": None, "tags": ["a"]}
+    merged = merge(base, {"optim": {"epochs": 5}, "model.lora.r": 4, "tags": ["b"], "space": {"optim.lr": [1]}})
+    assert merged == {"optim": {"lr": 1e-3, "epochs": 5}, "model": {"lora": {"r": 4}}, "tags": ["b"],
+                      "space": {"optim.lr": [1]}}  # keys inside a mapping value are plain, dots and all
+    assert base == {"optim": {"lr": 1e-3, "epochs": 2}, "model": None, "tags": ["a"]}  # untouched
+
+
+def test_merge_copies_so_the_result_shares_nothing_with_its_inputs() -> None:
+    base, change = {"a": {"b": [1]}}, {"c": {"d": [2]}}
+    merged = merge(base, change)
+    merged["a"]["b"].append(3)
+    merged["c"]["d"].append(3)
+    assert (base, change) == ({"a": {"b": [1]}}, {"c": {"d": [2]}})
+
+
+def test_merge_through_a_value_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="a.b: is a value, not a section; cannot set a.b.c"):
+        merge({"a": {"b": 1}}, {"a.b.c": 2})
+
+
 def test_dump_round_trips(tmp_path: Path) -> None:
     config = load_config(Outer, None, ["lora.rank=32", "n_mels=[64]"])
     path = tmp_path / "dumped.yaml"
     path.write_text(dump_config(config))
     assert load_config(Outer, path) == config
+
+
+class Refers(StrictModel):
+    other: ConfigRef = "train/cpu"
+    inner: Inner = Inner()
+
+
+def test_find_config_takes_a_shipped_name_with_or_without_suffix(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert find_config("train/cpu") == find_config("train/cpu.yaml") == packaged_configs()["train/cpu"]
+    assert find_config("deepspeed/zero2_cpu").name == "zero2_cpu.json"
+
+
+def test_find_config_prefers_a_path_and_never_looks_in_the_cwd_for_a_files_reference(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train").mkdir()
+    (tmp_path / "mine" / "train" / "cpu.yaml").write_text("lr: 1\n")
+    (tmp_path / "other.yaml").write_text("lr: 2\n")
+    monkeypatch.chdir(tmp_path)
+    assert find_config("other.yaml") == tmp_path / "other.yaml"  # a command-line path: the CWD
+    assert find_config(tmp_path / "other.yaml") == tmp_path / "other.yaml"  # absolute
+    assert find_config("train/cpu.yaml", tmp_path / "mine") == tmp_path / "mine" / "train" / "cpu.yaml"
+    with pytest.raises(ConfigError, match="'other.yaml': no such file in .*mine, nor a shipped config"):
+        find_config("other.yaml", tmp_path / "mine")  # beside the referring file only, not in the CWD
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_config(tmp_path / "missing.yaml")
+
+
+def test_a_reference_in_a_file_resolves_beside_it_and_is_held_as_a_name_or_an_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "ds.json").write_text("{}")
+    (folder / "by_path.yaml").write_text("other: ds.json\n")
+    (folder / "by_name.yaml").write_text("other: eval/quick.yaml\n")
+    monkeypatch.chdir(tmp_path)  # the CWD holds no ds.json
+    assert load_config(Refers, folder / "by_path.yaml").other == str(folder / "ds.json")
+    assert load_config(Refers, folder / "by_name.yaml").other == "eval/quick"
+    assert load_config(Refers, None, ["other=configs/ds.json"]).other == str(folder / "ds.json")
+    with pytest.raises(ConfigError, match="other: Value error, config 'nope.json': no such file"):
+        load_config(Refers, folder / "by_path.yaml", ["other=nope.json"])

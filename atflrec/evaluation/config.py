@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from atflrec.config import StrictModel
+from atflrec.config import StrictModel, merge
 
 DEFAULT_VARIANT = "default"
 
@@ -137,26 +137,6 @@ def _check_search(config: EvalConfig, spec: ModelSpec) -> None:
         model_settings(config, spec, point, where=f"models.{spec.name}.search")
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``, recursing into mappings."""
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = (_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
-                       else value)
-    return merged
-
-
-def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """A copy of ``data`` with the dotted key set (sections created as needed)."""
-    head, _, rest = dotted.partition(".")
-    if not rest:
-        return {**data, head: value}
-    child = data.get(head) or {}
-    if not isinstance(child, dict):
-        raise ValueError(f"{head} is a value, not a section; cannot set {dotted}")
-    return {**data, head: _set(child, rest, value)}
-
-
 def model_settings(config: EvalConfig, spec: ModelSpec, changes: dict[str, Any] | None = None,
                    where: str = "") -> StrictModel:
     """The validated settings of ``spec`` (LLM defaults merged in, ``changes`` applied)."""
@@ -169,9 +149,8 @@ def model_settings(config: EvalConfig, spec: ModelSpec, changes: dict[str, Any] 
         cls = RECOMMENDERS[spec.resolved_kind]
     except ValueError as exc:
         raise ValueError(f"{where}.kind: {exc}") from None
-    data = _merge(config.llm, spec.settings) if cls.uses_llm else dict(spec.settings)
-    for key, value in (changes or {}).items():
-        data = _set(data, key, value)
+    data = merge(config.llm, spec.settings) if cls.uses_llm else spec.settings
+    data = merge(data, changes or {})
     try:
         return cls.Settings.model_validate(data)
     except ValidationError as err:
@@ -236,7 +215,7 @@ def quick_config(config: EvalConfig) -> EvalConfig:
     for spec in config.models:
         settings = dict(spec.settings)
         if RECOMMENDERS[spec.resolved_kind].uses_llm:
-            settings = _set(settings, "optim.max_steps", quick.llm_max_steps)
+            settings = merge(settings, {"optim.max_steps": quick.llm_max_steps})
         models.append(spec.model_copy(update={"settings": settings, "shots": None, "seeds": None}))
     data = config.model_dump()
     data.update(

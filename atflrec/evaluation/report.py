@@ -17,10 +17,9 @@ import pandas as pd
 
 from atflrec.baselines import RECOMMENDERS
 from atflrec.evaluation.config import DEFAULT_VARIANT, EvalConfig, model_settings
+from atflrec.evaluation.outputs import EVAL_ROWS_FILE, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
 from atflrec.io import atomic_write_text
 
-REPORT_FILE = "report.md"
-SUMMARY_FILE = "summary.json"
 GOAL_SHOTS = 256
 # (comparison, the kinds it takes the best of, the margin the best ATFLRec variant must lead it by)
 GOALS: tuple[tuple[str, tuple[str, ...], float], ...] = (
@@ -156,7 +155,6 @@ def _goal(df: pd.DataFrame, config: EvalConfig, oracle: dict[str, float]) -> lis
 
 def _significance(out: Path, df: pd.DataFrame, splits: list[str]) -> list[str]:
     """Paired bootstrap over the evaluation rows (seeds averaged inside each model) for the headline comparisons."""
-    from atflrec.evaluation.runner import EVAL_ROWS_FILE
     from atflrec.metrics import paired_bootstrap_auc
 
     lines = ["## Significance of the headline comparisons\n",
@@ -328,8 +326,6 @@ def summary(main: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
 
 def write_report(out: Path, config: EvalConfig, run: dict[str, Any]) -> Path:
     """Write ``report.md`` and the PNGs into ``out`` (which holds ``results.parquet``)."""
-    from atflrec.evaluation.runner import RESULTS_FILE
-
     df = pd.read_parquet(out / RESULTS_FILE)
     models = [m.name for m in config.models if (df["model"] == m.name).any()]
     splits = [s for s in config.splits if (df["split"] == s).any()]

@@ -36,22 +36,12 @@ from atflrec.baselines.base import RECOMMENDERS, Row, rows_key
 from atflrec.config import ConfigError, dump_config
 from atflrec.errors import UserError
 from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
+from atflrec.evaluation.outputs import CONFIG_FILE, EVAL_ROWS_FILE, RESULTS_FILE, RESULTS_SCHEMA, RUN_FILE
+from atflrec.evaluation.report import write_report
 from atflrec.io import atomic_write_bytes, atomic_write_text
 from atflrec.metrics import auc, evaluate_scores, users_with_both_labels
 from atflrec.samples import META_FILE, few_shot, read_samples
 
-RESULTS_FILE = "results.parquet"
-RUN_FILE = "run.json"
-RESULTS_SCHEMA = pa.schema([
-    ("model", pa.string()), ("kind", pa.string()), ("variant", pa.string()), ("ablation", pa.string()),
-    ("shots", pa.int64()), ("seed", pa.int64()), ("split", pa.string()), ("n_eval", pa.int64()),
-    ("auc", pa.float64()), ("gauc", pa.float64()), ("log_loss", pa.float64()),
-    ("fit_seconds", pa.float64()), ("score_seconds", pa.float64()),
-    ("settings_key", pa.string()), ("data_key", pa.string()),
-    ("scores", pa.list_(pa.float64())),  # per evaluation row, in EVAL_ROWS_FILE's order (paired tests)
-    ("chosen", pa.string()), ("val_auc", pa.float64()),  # a search's selected point and its validation AUC
-])
-EVAL_ROWS_FILE = "eval_rows.parquet"
 JOB_COLUMNS = ("model", "variant", "ablation", "shots", "seed")
 
 
@@ -211,7 +201,6 @@ def _write_table(path: Path, table: pa.Table) -> None:
     atomic_write_bytes(path, buffer.getvalue().to_pybytes())  # readers never see a half-written file
 
 
-CONFIG_FILE = "config.yaml"
 OUR_FILES = (CONFIG_FILE, RUN_FILE, RESULTS_FILE)
 
 
@@ -304,8 +293,6 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
 
     An ``out_dir`` holding another configuration's evaluation is refused unless ``replace`` (then
     its rows of jobs this configuration shares are reused, the others dropped)."""
-    from atflrec.evaluation.report import write_report
-
     out = Path(out_dir if out_dir is not None else config.out)
     check_out(out, config, replace)
     out.mkdir(parents=True, exist_ok=True)

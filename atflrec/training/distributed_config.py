@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from atflrec.config import StrictModel
+from atflrec.config import ConfigRef, StrictModel
 from atflrec.training.local import TrainingSettings
 
 
@@ -28,7 +28,8 @@ class ScalingSettings(StrictModel):
 
 
 class DeepSpeedSettings(StrictModel):
-    config: str = Field("configs/deepspeed/zero2_cpu.json", description="DeepSpeed JSON config file")
+    config: ConfigRef = Field(
+        "deepspeed/zero2_cpu", description="DeepSpeed JSON config: a shipped one's name (deepspeed/NAME) or a file")
     overrides: dict[str, Any] = Field(default_factory=dict, description="merged into the file (nested keys merge)")
 
 

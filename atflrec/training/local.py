@@ -119,19 +119,6 @@ def make_collator(model: ATFLRecModel, features: dict[str, np.ndarray]) -> Colla
     return Collator(model.tokenizer, model.config.prompt, model.prompt_kinds, enc.tokens_per_item, enc.n_mels, features)
 
 
-def make_optimizer(model: ATFLRecModel, stage: Stage, optim: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over exactly the stage's trainable parts, one learning rate per part."""
-    model.configure_stage(stage)
-    groups = []
-    if stage.adapter is not None:
-        groups.append({"params": [p for p in model.llm.parameters() if p.requires_grad], "lr": optim.lr})
-    if stage.train_encoder:
-        groups.append({"params": list(model.encoder.parameters()), "lr": optim.encoder_lr})
-    if stage.train_fusion:
-        groups.append({"params": list(model.fusion.parameters()), "lr": optim.fusion_lr})
-    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=optim.weight_decay)
-
-
 def train_stage(model: ATFLRecModel, stage: Stage, rows: Sequence[dict[str, Any]], collator: Collator,
                 optim: OptimConfig, precision: str = "fp32", seed: int = 0,
                 stage_index: int = 0) -> tuple[list[float], float]:

@@ -36,6 +36,7 @@ from atflrec.config import StrictModel
 from atflrec.metrics import evaluate_scores
 from atflrec.model.batch import Batch
 from atflrec.model.fusion import Stage
+from atflrec.model.network import ATFLRecModel
 from atflrec.model.scoring import answer_loss, probability
 
 
@@ -223,6 +224,19 @@ class StageResult:
     stopped_early: bool = False
 
 
+def make_optimizer(model: ATFLRecModel, stage: Stage, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over exactly the stage's trainable parts, one learning rate per part."""
+    model.configure_stage(stage)
+    groups = []
+    if stage.adapter is not None:
+        groups.append({"params": [p for p in model.llm.parameters() if p.requires_grad], "lr": optim.lr})
+    if stage.train_encoder:
+        groups.append({"params": list(model.encoder.parameters()), "lr": optim.encoder_lr})
+    if stage.train_fusion:
+        groups.append({"params": list(model.fusion.parameters()), "lr": optim.fusion_lr})
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=optim.weight_decay)
+
+
 class StageLoop:
     """Trains one stage; see the module docstring. ``val_rows`` None: no validation, no selection."""
 
@@ -230,8 +244,6 @@ class StageLoop:
                  optim: OptimConfig, *, seed: int = 0, stage_index: int = 0, precision: str = "fp32",
                  val_rows: Sequence[dict[str, Any]] | None = None, eval_batch_size: int = 16,
                  state: LoopState | None = None, log: Callable[..., None] = print) -> None:
-        from atflrec.training.local import make_optimizer
-
         self.model, self.stage, self.rows, self.collator, self.optim = model, stage, list(rows), collator, optim
         self.seed, self.precision, self.eval_batch_size, self.log = seed, precision, eval_batch_size, log
         self.val_rows = list(val_rows) if val_rows else None

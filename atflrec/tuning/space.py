@@ -1,4 +1,4 @@
-"""Search spaces (``tune_spaces/*.yaml``): a base training config, knobs with distributions, and
+"""Search spaces (shipped as ``tune/NAME``): a base training config, knobs with distributions, and
 how to search them.
 
 A knob is a dotted :class:`~atflrec.training.distributed_config.TrainConfig` key with a
@@ -23,11 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from atflrec.config import ConfigError, StrictModel, build_config, load_config, read_yaml
+from atflrec.config import (
+    RELATIVE_TO,
+    ConfigError,
+    ConfigRef,
+    StrictModel,
+    build_config,
+    config_ref,
+    load_config,
+    merge,
+)
 from atflrec.model.fusion import STRATEGIES
-from atflrec.training.deepspeed_config import merge
 from atflrec.training.distributed_config import TrainConfig
 
 KINDS = ("choice", "uniform", "quniform", "loguniform", "randint")
@@ -115,8 +123,9 @@ class AshaSettings(StrictModel):
 class TuneSpace(StrictModel):
     """``atflrec tune``: a search over training configs, each trial one Ray Train run."""
 
-    base: str | None = Field(
-        None, description="training config file (as for `atflrec train`); unset: TrainConfig defaults")
+    base: ConfigRef | None = Field(
+        None, description="training config (as for `atflrec train`: a shipped one's name or a file); "
+                          "unset: TrainConfig defaults")
     train: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig keys (nested) set for every trial, over base")
     space: dict[str, Distribution] = Field(..., min_length=1, description="dotted TrainConfig key -> distribution")
@@ -149,6 +158,16 @@ class TuneSpace(StrictModel):
     export: str | None = Field(
         None, description="also copy best/ here (e.g. where serving loads from); unset: only OUT/best")
 
+    @field_validator("train")
+    @classmethod
+    def _train_config_refs(cls, train: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A DeepSpeed config named under train resolves where the space's base does."""
+        deepspeed = train.get("deepspeed")
+        if isinstance(deepspeed, dict) and isinstance(deepspeed.get("config"), str):
+            ref = config_ref(deepspeed["config"], (info.context or {}).get(RELATIVE_TO))
+            return merge(train, {"deepspeed.config": ref})
+        return train
+
     @field_validator("space")
     @classmethod
     def _no_owned_keys(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
@@ -180,22 +199,10 @@ class SearchPlan:
 
 def trial_config(base: dict[str, Any], knobs: dict[str, Any], run_name: str, storage_path: str) -> TrainConfig:
     """The training config of a trial with these knob values, stored as run ``run_name``."""
-    data = with_knobs(base, knobs)
+    data = merge(base, knobs)
     data["run"] = {**data.get("run", {}), "name": run_name, "storage_path": storage_path}
     data["out"], data["address"] = None, None
     return build_config(TrainConfig, data, "trial config")
-
-
-def with_knobs(base: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
-    data = copy.deepcopy(base)
-    for key, value in knobs.items():
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            child = node.get(part)
-            node = node.setdefault(part, {}) if child is None else child
-        node[leaf] = copy.deepcopy(value)
-    return data
 
 
 def evaluations_per_stage(epochs: int, eval_every: int) -> int:
@@ -240,9 +247,6 @@ def _absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("samples", "features"):
         if data.get(key):
             data[key] = absolute_uri(str(data[key]))
-    deepspeed = data.get("deepspeed", {})
-    if deepspeed.get("config"):
-        deepspeed["config"] = str(Path(deepspeed["config"]).resolve())
     model = data.get("model", {})
     if model.get("base_model") and Path(model["base_model"]).exists():  # a local model dir, not a name
         model["base_model"] = str(Path(model["base_model"]).resolve())
@@ -251,7 +255,9 @@ def _absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
 
 def plan(space: TuneSpace) -> SearchPlan:
     """Validate ``space`` against TrainConfig and resolve its base config."""
-    base = merge(read_yaml(space.base) if space.base else {}, space.train)
+    # The base's own references resolve against its file; dumped, they hold shipped names or absolute paths.
+    base_file = load_config(TrainConfig, space.base).model_dump(mode="json", exclude_unset=True) if space.base else {}
+    base = merge(base_file, space.train)
     base_config = build_config(TrainConfig, base, f"{space.base or 'TrainConfig defaults'} + train")
     base_n_mels = base_config.model.encoder.n_mels
     n_mels = {base_n_mels}
@@ -261,7 +267,7 @@ def plan(space: TuneSpace) -> SearchPlan:
         _check_key(key)
         for value in distribution.candidates():
             try:
-                config = build_config(TrainConfig, with_knobs(base, {key: value}), f"space {key} = {value!r}")
+                config = build_config(TrainConfig, merge(base, {key: value}), f"space {key} = {value!r}")
             except ConfigError as exc:
                 raise ConfigError(f"space: {key}: value {value!r} does not fit the training config\n{exc}") from None
             if config.model.encoder.n_mels != base_n_mels and distribution.kind != "choice":

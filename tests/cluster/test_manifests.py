@@ -29,14 +29,14 @@ from ray.serve.schema import ServeDeploySchema
 
 from atflrec.cli import build_parser, parse_args
 from atflrec.cluster.jobs import load_runtime_env
-from atflrec.config import load_config
+from atflrec.config import load_config, packaged_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 KUBERAY_FILES = ["shared-storage.yaml", "raycluster.yaml", "rayjob-features.yaml", "rayjob-train.yaml",
                  "rayjob-tune.yaml", "rayservice.yaml", "networkpolicy.yaml"]
 OTHER_FILES = ["aws.yaml", "runtime_env.yaml"]  # the launcher config and the runtime env, checked below
-PATH_FLAGS = ("--config", "--space")  # flags whose value is a file shipped in this repository
+PATH_FLAGS = ("--config", "--space")  # flags whose value names a shipped config
 CONFIG_MODELS = {  # the config model each verb loads its --config / --space file into
     "features": "atflrec.features.pipeline:FeatureConfig",
     "samples": "atflrec.samples:SampleConfig",
@@ -205,8 +205,8 @@ def test_rayjob_runs_atflrec_in_the_shipped_runtime_env(name: str) -> None:
         config_file = None
         for flag, value in zip(command, command[1:]):
             if flag in PATH_FLAGS:
-                assert (ROOT / value).is_file(), f"{name}: {flag} {value} is not in the repository"
-                config_file = ROOT / value
+                assert value in packaged_configs(), f"{name}: {flag} {value} is not a shipped config's name"
+                config_file = value
         if command[1] in CONFIG_MODELS:  # the config file with the entrypoint's key=value overrides
             module, _, model = CONFIG_MODELS[command[1]].partition(":")
             overrides = [word for word in command[2:] if "=" in word and not word.startswith("-")]

@@ -152,7 +152,7 @@ def test_every_registered_kind_is_in_the_small_run(small_run) -> None:
 
 
 def test_per_row_scores_back_the_metrics_and_the_significance_table(small_run) -> None:
-    from atflrec.evaluation.runner import EVAL_ROWS_FILE, RESULTS_FILE
+    from atflrec.evaluation.outputs import EVAL_ROWS_FILE, RESULTS_FILE
     from atflrec.metrics import auc, users_with_both_labels
 
     _, out, report = small_run
@@ -174,7 +174,8 @@ def test_per_row_scores_back_the_metrics_and_the_significance_table(small_run) -
 
 
 def test_searched_models_keep_the_candidate_best_on_validation(small_run) -> None:
-    from atflrec.evaluation.runner import RESULTS_FILE, prepare_data
+    from atflrec.evaluation.outputs import RESULTS_FILE
+    from atflrec.evaluation.runner import prepare_data
 
     config, out, report = small_run
     df = pd.read_parquet(out / RESULTS_FILE)

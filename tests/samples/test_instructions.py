@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from atflrec.data.instructions import InstructionError, import_instructions
 from atflrec.samples import read_samples
+from atflrec.samples.instructions import InstructionError, import_instructions
 
 FIXTURE = Path(__file__).parents[1] / "assets" / "alpaca_fixture.json"
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from atflrec.config import merge
 from atflrec.model.artifact import load_artifact
 from atflrec.samples import read_samples
 from atflrec.training.distributed import TrainingError, train
@@ -50,18 +51,12 @@ def _config(benchmark: Path, tiny_base_dir: Path, tmp_path: Path, **overrides) -
         "samples": str(benchmark / "samples"), "features": str(benchmark / "features"), "shots": 16, "seed": 0,
         "optim": {"lr": 1e-2, "encoder_lr": 1e-2, "batch_size": 4, "epochs": 2},
         "eval_splits": ["val", "test", "cold"],
-        "deepspeed": {"config": str(REPO / "configs/deepspeed/zero2_cpu.json")},
+        "deepspeed": {"config": "deepspeed/zero2_cpu"},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "run": {"name": "run", "storage_path": str(tmp_path / "storage"), "keep_best": 2},
         "out": str(tmp_path / "best"),
     }
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return TrainConfig.model_validate(data)
+    return TrainConfig.model_validate(merge(data, overrides))
 
 
 def _steps(config: TrainConfig, stages: int) -> int:
@@ -72,7 +67,7 @@ def _steps(config: TrainConfig, stages: int) -> int:
 @pytest.mark.parametrize("zero", ["zero2_cpu", "zero3_cpu"])
 def test_a_run_finishes_and_its_best_checkpoint_reproduces_the_trainer_scores(benchmark, tiny_base_dir, tmp_path, zero):
     config = _config(benchmark, tiny_base_dir, tmp_path,
-                     **{"deepspeed.config": str(REPO / f"configs/deepspeed/{zero}.json")})
+                     **{"deepspeed.config": f"deepspeed/{zero}"})
     outcome = train(config)
 
     assert [h["global_step"] for h in outcome.history] == [_steps(config, 1) // 2, _steps(config, 1)]

@@ -9,28 +9,22 @@ import pytest
 import yaml
 
 from atflrec.cli import main
-from atflrec.config import ConfigError, build_config
+from atflrec.config import ConfigError, build_config, find_config, packaged_configs
 from atflrec.model.fusion import STRATEGIES
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.tuning.space import TuneSpace, expected_reports, load_space, lora_config, plan
 
-REPO = Path(__file__).resolve().parents[2]
-SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)  # shipped spaces name configs/ relative to the repository root
+SPACES = [name for name in packaged_configs() if name.startswith("tune/")]
 
 
 def test_the_three_spaces_ship() -> None:
-    assert {p.name for p in SPACES} >= {"default.yaml", "demo.yaml", "cluster.yaml"}
+    assert set(SPACES) >= {"tune/default", "tune/demo", "tune/cluster"}
 
 
-@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
-def test_every_shipped_space_loads_and_its_knobs_name_train_config_keys(path: Path) -> None:
-    assert path.read_text().splitlines()[0].startswith(f"# atflrec tune --space tune_spaces/{path.name}")
-    search = load_space(path)
+@pytest.mark.parametrize("name", SPACES)
+def test_every_shipped_space_loads_and_its_knobs_name_train_config_keys(name: str) -> None:
+    assert find_config(name).read_text().splitlines()[0].startswith(f"# atflrec tune --space {name} ")
+    search = load_space(name)
     for key in search.knobs:
         node = TrainConfig.model_fields
         *sections, leaf = key.split(".")
@@ -46,7 +40,7 @@ def test_every_shipped_space_loads_and_its_knobs_name_train_config_keys(path: Pa
 
 
 def test_the_default_space_covers_the_papers_knobs() -> None:
-    search = load_space(REPO / "tune_spaces/default.yaml")
+    search = load_space("tune/default")
     space = search.space.space
     assert space["model.lora.r"].args == [4, 8, 16, 32]
     assert set(space["model.encoder.pooling"].args) == {"mean", "max", "attention", "mean_max"}
@@ -66,7 +60,7 @@ def test_lora_configuration_follows_from_the_fusion_strategy() -> None:
 
 
 def _space(**space) -> TuneSpace:
-    return build_config(TuneSpace, {"base": "configs/train/cpu.yaml", "space": space})
+    return build_config(TuneSpace, {"base": "train/cpu", "space": space})
 
 
 @pytest.mark.parametrize("space, message", [
@@ -137,7 +131,7 @@ def test_asha_compares_trials_on_whole_model_validations_only() -> None:
 
 def test_the_cli_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({"base": "configs/train/cpu.yaml", "space": {"model.encoder.pool": ["max"]}}))
+    space.write_text(yaml.safe_dump({"base": "train/cpu", "space": {"model.encoder.pool": ["max"]}}))
     assert main(["tune", "--space", str(space), "--out", str(tmp_path / "out")]) == 2
     assert "model.encoder.pool: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing ran
@@ -148,3 +142,20 @@ def test_the_search_needs_samples(tmp_path: Path, capsys: pytest.CaptureFixture[
     space.write_text(yaml.safe_dump({"space": {"model.lora.r": [4, 8]}}))
     assert main(["tune", "--space", str(space), "--num-samples", "2"]) == 2
     assert "train.samples: set the samples directory" in capsys.readouterr().err
+
+
+def test_a_user_space_names_its_base_and_deepspeed_file_beside_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "ds.json").write_text(find_config("deepspeed/zero3_cpu").read_text())
+    (folder / "train.yaml").write_text("deepspeed: {config: ds.json}\n")
+    (folder / "space.yaml").write_text(yaml.safe_dump({"base": "train.yaml", "space": {"model.lora.r": [4, 8]}}))
+    (folder / "named.yaml").write_text(yaml.safe_dump(
+        {"base": "train/cpu", "train": {"deepspeed": {"config": "ds.json"}}, "space": {"model.lora.r": [4]}}))
+    monkeypatch.chdir(tmp_path)  # neither file is in the current directory
+    assert load_space(folder / "space.yaml").trial_config({}).deepspeed.config == str(folder / "ds.json")
+    search = load_space(folder / "named.yaml")
+    assert search.space.base == "train/cpu"
+    assert search.trial_config({}).deepspeed.config == str(folder / "ds.json")  # train: beside the space
+    assert load_space("tune/demo").trial_config({}).deepspeed.config == "deepspeed/zero2_cpu"

@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
+from atflrec.config import merge
 
 
 def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **overrides: Any) -> dict[str, Any]:
@@ -26,7 +19,7 @@ def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **o
             "samples": str(benchmark / "samples"), "features": str(features),
             "shots": 8, "seed": 0, "eval_splits": ["val", "test"], "max_eval_samples": 8,
             "optim": {"lr": 1e-2, "encoder_lr": 1e-2, "batch_size": 4, "epochs": 2},
-            "deepspeed": {"config": str(REPO / "configs/deepspeed/zero2_cpu.json")},
+            "deepspeed": {"config": "deepspeed/zero2_cpu"},
             "scaling": {"num_workers": 1, "cpus_per_worker": 1},
             "run": {"keep_best": 1},
         },
@@ -36,9 +29,6 @@ def make_space(benchmark: Path, base_model: Path, out: Path, features: Path, **o
         "num_samples": 4, "scheduler": "asha", "asha": {"grace_period": 1, "reduction_factor": 2},
         "search": "random", "seed": 0, "out": str(out),
     }
-    for key, value in overrides.items():
-        if key.startswith("space."):  # a knob: its own key holds dots
-            data["space"][key.removeprefix("space.")] = value
-        else:
-            _set(data, key, value)
-    return data
+    # A knob (``space.<knob>``) is one key that holds dots; every other override is a dotted path.
+    data["space"].update({k.removeprefix("space."): v for k, v in overrides.items() if k.startswith("space.")})
+    return merge(data, {k: v for k, v in overrides.items() if not k.startswith("space.")})

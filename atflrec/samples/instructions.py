@@ -24,7 +24,7 @@ phrasing, ``<title> by <author>`` for the book phrasing (Book-Crossing titles ar
 across authors; author spellings are kept as given, so ``JAMES A. MICHENER`` and ``James A.
 Michener`` stay two ids). That text is also the sample's title, so a prompt shows the author as
 TALLRec's did. Each record is its own user (``<file stem>-<index>``); the rows are written as one
-split of the sample format (:mod:`atflrec.samples`) and train the ``text_only`` strategy (no audio).
+split of the sample format (:mod:`atflrec.samples.format`) and train the ``text_only`` strategy (no audio).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 
 from atflrec.errors import UserError
-from atflrec.samples import SAMPLE_SCHEMA, write_samples
+from atflrec.samples.format import SAMPLE_SCHEMA, write_samples
 
 _LIKED, _DISLIKED = "user preference:", "user unpreference:"
 # One book item: title up to the first `" written by`, author up to the next `, "` or the end.

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from atflrec.cli import main
-from atflrec.data.instructions import InstructionError, import_instructions, read_instructions
 from atflrec.samples import read_samples
+from atflrec.samples.instructions import InstructionError, import_instructions, read_instructions
 
 ASSETS = Path(__file__).parents[1] / "assets"
 BOOK, MOVIE = ASSETS / "tallrec_book_fixture.json", ASSETS / "tallrec_movie_fixture.json"

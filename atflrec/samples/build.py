@@ -12,43 +12,22 @@ Splits:
 - ``train``/``val``/``test`` (warm, by time): per user, the last ``test_per_user`` warm
   interactions are ``test``, the ``val_per_user`` before them ``val``, the rest ``train``.
 
-Samples are stored one Parquet file per split (:data:`SAMPLE_SCHEMA`) with ``samples.json``
-holding the config and counts. Few-shot training sets are drawn from ``train`` with a seed.
+The splits are written in the sample format (:mod:`atflrec.samples.format`).
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from atflrec.config import StrictModel
 from atflrec.data.format import Dataset
-from atflrec.errors import UserError
-
-SPLITS = ("train", "val", "test", "cold")
-META_FILE = "samples.json"
-_strings = pa.list_(pa.string())
-SAMPLE_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("title", pa.string(), nullable=False),
-        pa.field("label", pa.int8(), nullable=False),
-        pa.field("timestamp", pa.int64(), nullable=False),
-        pa.field("liked_ids", _strings, nullable=False),
-        pa.field("liked_titles", _strings, nullable=False),
-        pa.field("disliked_ids", _strings, nullable=False),
-        pa.field("disliked_titles", _strings, nullable=False),
-    ]
-)
+from atflrec.samples.format import SAMPLE_SCHEMA, SPLITS, write_samples
 
 
 class SampleConfig(StrictModel):
@@ -60,10 +39,6 @@ class SampleConfig(StrictModel):
     test_per_user: int = Field(2, ge=0, description="warm test samples per user (each user's latest)")
     cold_item_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of items held out as cold-start")
     seed: int = Field(0, description="seed for choosing the cold-start items")
-
-
-class SampleError(UserError, ValueError):
-    """Samples that cannot be read or drawn as asked."""
 
 
 def _sample(user: str, pos: int, target: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,34 +94,6 @@ def build_samples(dataset: Dataset, config: SampleConfig) -> dict[str, pa.Table]
             if len(history) >= config.min_history:
                 rows[split].append(_sample(user, pos, row, history))
     return {split: pa.Table.from_pylist(rows[split], schema=SAMPLE_SCHEMA) for split in SPLITS}
-
-
-def write_samples(out_dir: str | Path, splits: dict[str, pa.Table], meta: dict[str, Any]) -> Path:
-    """One Parquet file per split plus ``samples.json`` (``meta`` and the row counts)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, table in splits.items():
-        pq.write_table(table.cast(SAMPLE_SCHEMA), out_dir / f"{split}.parquet")
-    # Splits written earlier into the same directory (e.g. a second import) keep their counts.
-    previous = json.loads((out_dir / META_FILE).read_text()) if (out_dir / META_FILE).is_file() else {}
-    counts = {**previous.get("counts", {}), **{split: table.num_rows for split, table in splits.items()}}
-    (out_dir / META_FILE).write_text(json.dumps({**meta, "counts": counts}, indent=2, sort_keys=True) + "\n")
-    return out_dir
-
-
-def read_samples(samples_dir: str | Path, split: str) -> pa.Table:
-    path = Path(samples_dir) / f"{split}.parquet"
-    if not path.is_file():
-        raise SampleError(f"no {split!r} samples at {path}")
-    return pq.read_table(path).cast(SAMPLE_SCHEMA)
-
-
-def few_shot(table: pa.Table, shots: int, seed: int) -> pa.Table:
-    """``shots`` rows drawn without replacement with ``seed`` (same inputs, same rows, same order)."""
-    if shots > table.num_rows:
-        raise SampleError(f"asked for {shots} shots but only {table.num_rows} training samples exist")
-    rng = np.random.default_rng(seed)
-    return table.take(rng.choice(table.num_rows, size=shots, replace=False))
 
 
 def make_samples(dataset: Dataset, out_dir: str | Path, config: SampleConfig) -> dict[str, int]:
