@@ -72,6 +72,14 @@ def tracking_uri(tracking: TrackingConfig, workdir: Path) -> str | None:
     return resolve_uri(tracking.uri or str(workdir / "mlruns"))
 
 
+def tracking_note(uri: str, experiment: str) -> str:
+    """The demo's last word on tracking: where the runs are and the command that opens MLflow's UI on them."""
+    from atflrec.tracking import ui_command
+
+    return (f"\ntrain, tune and evaluate are recorded in MLflow (experiment {experiment!r}); browse them with:\n"
+            f"  {ui_command(uri)}")
+
+
 def check_port_free(port: int) -> None:
     """Fail before any work when the demo could not serve at the end (it takes minutes to get there)."""
     with socket.socket() as probe:
@@ -232,10 +240,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     for name, path in outputs.items():
         print(f"  {name:<16} {path}")
     if uri is not None:
-        from atflrec.tracking import ui_command
-
-        print(f"\ntrain, tune and evaluate are recorded in MLflow (experiment {config.tracking.experiment!r}); "
-              f"browse them with:\n  {ui_command(uri)}")
+        print(tracking_note(uri, config.tracking.experiment))
     if config.keep_serving:
         from atflrec.serving.config import APP_NAME
         from atflrec.serving.launch import serve_until_interrupted

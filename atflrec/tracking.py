@@ -84,13 +84,13 @@ def local_store_dir(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")).parent
 
 
-def ui_command(uri: str) -> str:
+def ui_command(uri: str, port: int = 5000) -> str:
     """How to look at the runs: the server's address, or ``mlflow ui`` on a store."""
     import shlex
 
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port {port}"
 
 
 def require_mlflow() -> None:

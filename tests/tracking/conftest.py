@@ -3,64 +3,22 @@ benchmark (data, an 8-bin feature store, samples, a tiny base model) for the run
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
-START_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _tail(root: Path) -> str:
-    return (root / "server.log").read_text()[-3000:]
+from mlflow_process import free_port, running
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server's URL; its log is ``server.log`` in its temporary directory."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    command = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]
-    url = f"http://127.0.0.1:{port}"
-    with open(root / "server.log", "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}:\n{_tail(root)}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up after {START_TIMEOUT_S} s:\n{_tail(root)}")
-            time.sleep(0.5)
+    port = free_port()
+    args = ["server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+            str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(args, port, root / "server.log") as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,7 @@ def _assert_code_tags(tags: dict[str, str]) -> None:
 
 def test_a_ray_train_run_records_config_epochs_final_metrics_and_its_artifact(
         tracking_bench, mlflow_server, tmp_path) -> None:
+    from atflrec.serving.schemas import ModelInfo
     from atflrec.serving.scorer import describe
     from atflrec.training.distributed import train
     from atflrec.training.distributed_config import TrainConfig
@@ -96,8 +97,8 @@ def test_a_ray_train_run_records_config_epochs_final_metrics_and_its_artifact(
     assert not any("optimizer" in p for p in _artifacts(client, run.info.run_id, "model"))
 
     public = describe("m", outcome.exported, meta, public=True)  # what GET /v1/model shows
-    assert public["tracking"] == {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-                                  "uri": mlflow_server}
+    shown = ModelInfo(**public, served_models=["m"], default_model="m", limits={}, catalogue_size=0)
+    assert shown.tracking == {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "uri": mlflow_server}
 
 
 def test_a_local_run_records_every_validation_and_its_artifact(tracking_bench, mlflow_server, tmp_path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mlflow_process import free_port, running
 
 from atflrec.config import ConfigError, load_config
 from atflrec.tracking import TrackingConfig, flatten, numeric, open_run, public_reference, resolve_uri
@@ -82,3 +84,25 @@ def test_with_tracking_off_a_training_run_never_imports_mlflow(tracking_bench, t
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "tracking" not in json.loads((tmp_path / "model" / "atflrec_model.json").read_text())
+
+
+def test_the_demo_prints_the_command_that_opens_mlflows_ui_on_its_local_store(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from atflrec.demo import DemoConfig, tracking_note, tracking_uri
+
+    config = DemoConfig(workdir=str(tmp_path / "demo"), tracking={"enabled": True})
+    uri = tracking_uri(config.tracking, Path(config.workdir))
+    assert uri == f"sqlite:///{tmp_path / 'demo/mlruns/mlflow.db'}"
+    run = open_run(TrackingConfig(enabled=True, uri=uri), kind="train", name="demo-train", params={"shots": 64})
+    (tmp_path / "report.md").write_text("# report\n")
+    run.log_file(tmp_path / "report.md")
+    run.end()
+    assert (tmp_path / "demo/mlruns/artifacts" / run.ref.run_id / "artifacts/report.md").is_file()  # beside the db
+
+    command = shlex.split(tracking_note(uri, "atflrec").splitlines()[-1])
+    assert command[:2] == ["mlflow", "ui"] and command[command.index("--backend-store-uri") + 1] == uri
+    port = free_port()
+    command[command.index("--port") + 1] = str(port)
+    with running(command[1:], port, tmp_path / "ui.log") as url:
+        assert MlflowClient(url).get_run(run.ref.run_id).data.params == {"shots": "64"}
