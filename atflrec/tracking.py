@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,8 +39,8 @@ DEFAULT_STORE = "mlruns"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 # Tags of our own; MLflow's reserved ones (mlflow.*) are used where the UI shows them.
-KIND, IDENTITY, ARTIFACT_PATH, BASE_MODEL = "atflrec.kind", "atflrec.identity", "atflrec.artifact_path", \
-    "atflrec.base_model"
+KIND, IDENTITY, BASE_MODEL = "atflrec.kind", "atflrec.identity", "atflrec.base_model"
+ARTIFACT_PATH = "atflrec.artifact_path"  # lineage: the exported artifact a run produced
 PARENT, GIT_COMMIT, SOURCE = "mlflow.parentRunId", "mlflow.source.git.commit", "mlflow.source.name"
 VERSIONED = ("atflrec", "ray", "torch", "transformers", "peft", "deepspeed", "mlflow")
 # MLflow's limits: a param value's length, params and metrics per log_batch call.
@@ -118,10 +119,6 @@ class RunRef:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, str]) -> RunRef:
-        return cls(data["uri"], data["experiment_id"], data["run_id"])
 
 
 def public_reference(meta: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -312,6 +309,7 @@ def _git_commit() -> dict[str, str]:
     return {GIT_COMMIT: commit.stdout.strip(), "atflrec.git_dirty": str(bool(dirty.stdout.strip())).lower()}
 
 
+@lru_cache(maxsize=1)  # once per process: its code and libraries do not change while it runs
 def context_tags() -> dict[str, str]:
     """The code a run ran: git commit (when the package is a checkout) and library versions."""
     from importlib.metadata import PackageNotFoundError, version

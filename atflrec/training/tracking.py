@@ -45,9 +45,6 @@ class LogReports(UserCallback):
         self.ref = ref
         self.run: Run | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"ref": self.ref, "run": None}  # the client stays in the process that made it
-
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         try:
             self.run = self.run or Run.attach(self.ref)

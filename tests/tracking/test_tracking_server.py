@@ -180,3 +180,24 @@ def test_an_evaluation_logs_one_nested_run_per_model_shots_and_seed(tracking_ben
         assert {"warm_auc", "cold_auc", "warm_log_loss", "fit_seconds"} <= set(job.data.metrics)
     mf = next(j for j in jobs if j.data.params["model"] == "mf")
     assert mf.data.params["settings.epochs"] == "5"
+
+
+def test_resuming_reopens_the_run_of_the_same_identity(mlflow_server) -> None:
+    from atflrec.tracking import TrackingConfig, open_run
+
+    config = TrackingConfig(enabled=True, uri=mlflow_server, experiment="resume-test")
+    first = open_run(config, kind="train", name="r", identity="train:/runs/r", params={"optim": {"lr": 0.1}})
+    first.log_metrics({"val_auc": 0.6}, step=1)
+    first.end("FAILED")
+    again = open_run(config, kind="train", name="r", identity="train:/runs/r", resume=True,
+                     params={"optim": {"lr": 0.1}, "seed": 3})
+    other = open_run(config, kind="train", name="r", identity="train:/runs/other", resume=True)
+    again.log_metrics({"val_auc": 0.7}, step=2)
+
+    client = _client(mlflow_server)
+    assert again.ref == first.ref and other.ref != first.ref
+    run = client.get_run(first.ref.run_id)
+    assert run.info.status == "RUNNING" and run.data.params == {"optim.lr": "0.1", "seed": "3"}
+    assert [m.value for m in client.get_metric_history(first.ref.run_id, "val_auc")] == [0.6, 0.7]
+    fresh = open_run(config, kind="train", name="r", identity="train:/runs/r")  # without resume: a new run
+    assert fresh.ref != first.ref
