@@ -174,7 +174,8 @@ def _tuner(plan: SearchPlan, out: Path, resume: bool, search_run: RunRef | None)
 def _track_search(run: Run, trials: list[TrialRecord], counts: dict[str, int], best: TrialRecord, out: Path,
                   target: Path) -> None:
     """The search's outcome on its run (best trial, counts, tables, plots, best/ and its path), and
-    each trial's run closed with its status: ASHA ends a stopped trial's process before it can."""
+    each trial's run closed with its status: ASHA ends a stopped trial's process before it can close
+    its run (or while it ends it as FAILED)."""
     statuses = {t.trial_id: t.status for t in trials}
     run.log_metrics({"best_val_auc": best.best["val_auc"], **{f"trials_{s}": n for s, n in counts.items()},
                      **split_metrics((best.outcome or {}).get("metrics", {}), prefix="best")})
@@ -190,7 +191,7 @@ def _track_search(run: Run, trials: list[TrialRecord], counts: dict[str, int], b
         trial = Run(RunRef(run.ref.uri, run.ref.experiment_id, child.info.run_id), run.client)
         trial.set_tags({"atflrec.trial_status": statuses[trial_id],
                         **({ARTIFACT_PATH: str(target)} if trial_id == best.trial_id else {})})
-        if child.info.status == "RUNNING":
+        if child.info.status != ending[statuses[trial_id]]:
             trial.end(ending[statuses[trial_id]])
 
 
