@@ -25,6 +25,8 @@ from atflrec.errors import UserError
 M = TypeVar("M", bound=BaseModel)
 CONFIG_SUFFIXES = (".yaml", ".json")
 RELATIVE_TO = "relative_to"  # validation context: the directory of the file being validated
+# The type of a validation error whose input must never be echoed (it holds a credential).
+SECRET_ERROR = "contains_secret"
 
 
 class StrictModel(BaseModel):
@@ -46,7 +48,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         else:
             message = problem["msg"]
             # At the root the input is the whole config: echoing it would bury the message.
-            if "input" in problem and problem["type"] != "missing" and problem["loc"]:
+            if "input" in problem and problem["type"] not in ("missing", SECRET_ERROR) and problem["loc"]:
                 message += f" (got {problem['input']!r})"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from atflrec.data.synth import SynthConfig
 from atflrec.errors import UserError
 from atflrec.features.pipeline import FeatureConfig
 from atflrec.samples import SampleConfig
+from atflrec.tracking import TrackingConfig
 
 
 class DemoConfig(StrictModel):
@@ -55,6 +56,28 @@ class DemoConfig(StrictModel):
         False, description="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines")
     spot_check_rows: int = Field(
         48, ge=2, description="cold-start rows on which the served model is scored beside user_rate and popularity")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="record train, tune and evaluate in MLflow (off; uri unset: a local store in WORKDIR/mlruns)")
+
+
+def tracking_uri(tracking: TrackingConfig, workdir: Path) -> str | None:
+    """Where every stage of the demo records its runs when tracking is on (by default a local MLflow
+    store in ``WORKDIR/mlruns``); None when it is off."""
+    if not tracking.enabled:
+        return None
+    from atflrec.tracking import require_mlflow, resolve_uri
+
+    require_mlflow()  # before minutes of work, not at the train stage
+    return resolve_uri(tracking.uri or str(workdir / "mlruns"))
+
+
+def tracking_note(uri: str, experiment: str) -> str:
+    """The demo's last word on tracking: where the runs are and the command that opens MLflow's UI on them."""
+    from atflrec.tracking import ui_command
+
+    return (f"\ntrain, tune and evaluate are recorded in MLflow (experiment {experiment!r}); browse them with:\n"
+            f"  {ui_command(uri)}")
 
 
 def check_port_free(port: int) -> None:
@@ -137,6 +160,9 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
 
     check_port_free(config.serve_port)
     workdir = Path(config.workdir)
+    uri = tracking_uri(config.tracking, workdir)
+    tracking = [] if uri is None else [
+        "tracking.enabled=true", f"tracking.uri={uri}", f"tracking.experiment={config.tracking.experiment}"]
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "demo_config.yaml").write_text(dump_config(config))
     outputs: dict[str, Path] = {"config": workdir / "demo_config.yaml"}
@@ -171,7 +197,7 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
         train_config = load_config(TrainConfig, config.train_config, [
             f"model.base_model={config.base_model}", f"samples={outputs['samples']}",
             f"features={outputs['features']}", f"run.storage_path={workdir / 'train'}", "run.name=demo",
-            f"out={outputs['model']}", *config.train_overrides,
+            f"out={outputs['model']}", *tracking, *config.train_overrides,
         ])
         outcome = train(train_config)
         for split, metrics in outcome.metrics.items():
@@ -182,14 +208,14 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
         shutil.rmtree(workdir / "tune", ignore_errors=True)  # a fresh search each time, like train
         outputs["best"] = run_search(config.tune_space, workdir / "tune", overrides=[
             f"train.samples={outputs['samples']}", f"train.features={outputs['features']}",
-            f"train.model.base_model={config.base_model}", *config.tune_overrides,
+            f"train.model.base_model={config.base_model}", *tracking, *config.tune_overrides,
         ])
 
     with _stage("evaluate", timings):
         shutil.rmtree(workdir / "eval", ignore_errors=True)
         eval_overrides = [f"samples={outputs['samples']}", f"features={outputs['features']}",
                           f"data={outputs['dataset']}", f"llm.model.base_model={config.base_model}",
-                          *config.eval_overrides]
+                          *tracking, *config.eval_overrides]
         outputs["report"] = run_evaluation(
             load_config(EvalConfig, config.eval_config, eval_overrides), workdir / "eval",
             command=f"atflrec evaluate --config {config.eval_config} --out {workdir / 'eval'} "
@@ -213,6 +239,8 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
         print(f"  {name:<16} {seconds:7.1f} s")
     for name, path in outputs.items():
         print(f"  {name:<16} {path}")
+    if uri is not None:
+        print(tracking_note(uri, config.tracking.experiment))
     if config.keep_serving:
         from atflrec.serving.config import APP_NAME
         from atflrec.serving.launch import serve_until_interrupted

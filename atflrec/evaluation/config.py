@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from atflrec.config import StrictModel, merge
+from atflrec.tracking import TrackingConfig
 
 DEFAULT_VARIANT = "default"
 
@@ -89,6 +90,10 @@ class EvalConfig(StrictModel):
     ablations: list[AblationSpec] = Field(
         default_factory=list, description="variants of one model, one settings key each")
     quick: QuickSettings = Field(default_factory=QuickSettings, description="what --quick shrinks this evaluation to")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="record the evaluation in MLflow (off): a run with the report and plots, one nested run per "
+                    "model variant, shots and seed")
 
     @field_validator("shots", "seeds")
     @classmethod

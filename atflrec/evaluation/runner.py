@@ -36,11 +36,20 @@ from atflrec.baselines.base import RECOMMENDERS, Row, rows_key
 from atflrec.config import ConfigError, dump_config
 from atflrec.errors import UserError
 from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
-from atflrec.evaluation.outputs import CONFIG_FILE, EVAL_ROWS_FILE, RESULTS_FILE, RESULTS_SCHEMA, RUN_FILE
+from atflrec.evaluation.outputs import (
+    CONFIG_FILE,
+    EVAL_ROWS_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    RESULTS_SCHEMA,
+    RUN_FILE,
+    SUMMARY_FILE,
+)
 from atflrec.evaluation.report import write_report
 from atflrec.io import atomic_write_bytes, atomic_write_text
 from atflrec.metrics import auc, evaluate_scores, users_with_both_labels
 from atflrec.samples import META_FILE, few_shot, read_samples
+from atflrec.tracking import BASE_MODEL, Run, data_tags, open_run, tracked
 
 JOB_COLUMNS = ("model", "variant", "ablation", "shots", "seed")
 
@@ -208,6 +217,11 @@ class EvalOutError(UserError):
     """``--out`` holds something an evaluation must not overwrite."""
 
 
+def _results_config(data: dict[str, Any]) -> dict[str, Any]:
+    """What decides an evaluation's results: its config without where it is recorded."""
+    return {k: v for k, v in data.items() if k != "tracking"}
+
+
 def check_out(out: Path, config: EvalConfig, replace: bool = False) -> None:
     """Refuse an ``out`` holding another configuration's evaluation (unless ``replace``) or files
     that are not an evaluation's at all (#18 finding 9: ``--quick`` over the committed default
@@ -226,8 +240,9 @@ def check_out(out: Path, config: EvalConfig, replace: bool = False) -> None:
     written = out / CONFIG_FILE
     if written.is_file() and not replace:
         try:
-            same = yaml.safe_load(written.read_text()) == yaml.safe_load(dump_config(config))
-        except (OSError, yaml.YAMLError):
+            same = _results_config(yaml.safe_load(written.read_text())) == _results_config(
+                yaml.safe_load(dump_config(config)))
+        except (OSError, yaml.YAMLError, AttributeError):
             same = False
         if not same:
             raise EvalOutError(
@@ -287,23 +302,23 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, command: str | None = None,
-                   replace: bool = False) -> Path:
-    """Run (or resume) the evaluation into ``out_dir`` (default ``config.out``); returns report.md's path.
+def _track_job(evaluation: Run, job: Job, label: str, rows: list[dict[str, Any]], reused: bool) -> None:
+    """One job as a run nested under the evaluation's: what it trained, and its metrics per split."""
+    if not evaluation:
+        return
+    params = {"model": job.model, "kind": job.kind, "variant": job.variant, "ablation": job.ablation,
+              "shots": job.shots, "seed": job.seed, "settings": job.settings.model_dump(mode="json")}
+    child = open_run(None, parent=evaluation.ref, kind="evaluation-job", name=label, params=params,
+                     tags={"atflrec.model": job.model, "atflrec.reused": str(reused).lower(),
+                           "atflrec.settings_key": job.settings_key})
+    metrics = {f"{r['split']}_{k}": r[k] for r in rows for k in ("auc", "gauc", "log_loss", "n_eval", "score_seconds")}
+    child.log_metrics({**metrics, "fit_seconds": rows[0]["fit_seconds"], "val_auc": rows[0]["val_auc"]})
+    child.end()
 
-    An ``out_dir`` holding another configuration's evaluation is refused unless ``replace`` (then
-    its rows of jobs this configuration shares are reused, the others dropped)."""
-    out = Path(out_dir if out_dir is not None else config.out)
-    check_out(out, config, replace)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CONFIG_FILE, dump_config(config))
-    started, clock = datetime.now(timezone.utc), time.perf_counter()
-    data = prepare_data(config)
-    jobs = plan_jobs(config)
-    print(f"evaluation: {len(jobs)} jobs; eval rows " + ", ".join(f"{k} {len(v)}" for k, v in data.evals.items())
-          + f"; writing to {out}", flush=True)
 
-    _write_eval_rows(out / EVAL_ROWS_FILE, data)
+def _run_jobs(jobs: list[Job], data: EvalData, out: Path, clock: float, tracking: Run) -> int:
+    """Every job, its rows written to ``results.parquet`` as it ends (those already there with the
+    same settings and data are skipped); returns how many jobs ran."""
     previous = _previous(out / RESULTS_FILE)
     results: list[dict[str, Any]] = []
     trained: dict[tuple, list[dict[str, Any]]] = {}  # (settings key, shots, seed) -> split rows
@@ -322,6 +337,7 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
             # a later variant with the same settings reuses these rows, as it would in one uninterrupted run
             trained.setdefault(memo, [{k: v for k, v in r.items() if k not in fields} for r in old])
             print(f"{label}: already in {RESULTS_FILE}, skipped", flush=True)
+            _track_job(tracking, job, label, old, reused=True)
             continue
         if (job.shots, job.seed) != block:  # a new few-shot draw: the shared work of the last one is done
             block, shared, draws = (job.shots, job.seed), {}, {}
@@ -340,23 +356,56 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
             scores += f" (chose {rows[0]['chosen']}: val AUC {rows[0]['val_auc']:.3f})"
         print(f"{label}: fit {rows[0]['fit_seconds']:.1f} s, {scores} (elapsed {_clock(time.perf_counter() - clock)})",
               flush=True)
+        _track_job(tracking, job, label, rows, reused=False)
     _write_results(out / RESULTS_FILE, results)
+    return jobs_run
 
-    wall = time.perf_counter() - clock
-    invocations = _earlier_invocations(out / RUN_FILE, data.key) + [
-        {"started": started.isoformat(timespec="seconds"), "wall_seconds": wall, "jobs_run": jobs_run}]
-    run = {
-        "command": command, "started": started.isoformat(timespec="seconds"),
-        "wall_seconds": wall, "jobs": len(jobs), "invocations": invocations, "machine": _machine(),
-        "data_key": data.key,
-        "samples": config.samples, "features": config.features,
-        "data": None if data.data_dir is None else str(data.data_dir),
-        "eval_rows": {k: len(v) for k, v in data.evals.items()}, "train_rows": data.train.num_rows,
-        "gauc_users": {k: users_with_both_labels([r["label"] for r in v], [r["user_id"] for r in v])
-                       for k, v in data.evals.items()},
-        "oracle_auc": _oracle(data),
-    }
-    atomic_write_text(out / RUN_FILE, json.dumps(run, indent=2) + "\n")
-    report = write_report(out, config, run)
+
+def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, command: str | None = None,
+                   replace: bool = False) -> Path:
+    """Run (or resume) the evaluation into ``out_dir`` (default ``config.out``); returns report.md's path.
+
+    An ``out_dir`` holding another configuration's evaluation is refused unless ``replace`` (then
+    its rows of jobs this configuration shares are reused, the others dropped). With ``tracking``
+    on, each invocation is an MLflow run (config, report, plots) with one nested run per job."""
+    out = Path(out_dir if out_dir is not None else config.out)
+    check_out(out, config, replace)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG_FILE, dump_config(config))
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    data = prepare_data(config)
+    jobs = plan_jobs(config)
+    print(f"evaluation: {len(jobs)} jobs; eval rows " + ", ".join(f"{k} {len(v)}" for k, v in data.evals.items())
+          + f"; writing to {out}", flush=True)
+
+    _write_eval_rows(out / EVAL_ROWS_FILE, data)
+    with tracked(config.tracking, kind="evaluation", name=f"evaluation {out.name}",
+                 params=config.model_dump(mode="json")) as tracking:
+        if tracking:
+            base_model = config.llm.get("model", {}).get("base_model")
+            tracking.set_tags({**data_tags(config.samples, config.features), "atflrec.eval_data_key": data.key,
+                               "atflrec.out": str(out.resolve()), BASE_MODEL: base_model})
+        jobs_run = _run_jobs(jobs, data, out, clock, tracking)
+
+        wall = time.perf_counter() - clock
+        invocations = _earlier_invocations(out / RUN_FILE, data.key) + [
+            {"started": started.isoformat(timespec="seconds"), "wall_seconds": wall, "jobs_run": jobs_run}]
+        run = {
+            "command": command, "started": started.isoformat(timespec="seconds"),
+            "wall_seconds": wall, "jobs": len(jobs), "invocations": invocations, "machine": _machine(),
+            "data_key": data.key,
+            "samples": config.samples, "features": config.features,
+            "data": None if data.data_dir is None else str(data.data_dir),
+            "eval_rows": {k: len(v) for k, v in data.evals.items()}, "train_rows": data.train.num_rows,
+            "gauc_users": {k: users_with_both_labels([r["label"] for r in v], [r["user_id"] for r in v])
+                           for k, v in data.evals.items()},
+            "oracle_auc": _oracle(data),
+        }
+        atomic_write_text(out / RUN_FILE, json.dumps(run, indent=2) + "\n")
+        report = write_report(out, config, run)
+        for name in (REPORT_FILE, SUMMARY_FILE, RUN_FILE, CONFIG_FILE, RESULTS_FILE):
+            tracking.log_file(out / name)
+        for plot in sorted(out.glob("*.png")):
+            tracking.log_file(plot, "plots")
     print(f"report: {report}", flush=True)
     return report

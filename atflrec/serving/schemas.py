@@ -107,6 +107,9 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     versions: dict[str, str]
     metrics: dict[str, Any]
+    tracking: dict[str, str] | None = Field(
+        None, description="the MLflow run that produced the model (run_id, experiment_id; the tracking server's "
+                          "uri when it is one), or null when its training was not tracked")
     served_models: list[str] = Field(..., description="ids a serve_multiplexed_model_id header may name")
     default_model: str
     limits: dict[str, Any]

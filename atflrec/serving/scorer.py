@@ -15,6 +15,7 @@ from atflrec.model.batch import stack_audio
 from atflrec.model.network import ATFLRecModel, ModelConfig
 from atflrec.model.prefix import Query
 from atflrec.serving.catalogue import Catalogue
+from atflrec.tracking import public_reference
 
 ENCODE_CHUNK = 256  # items per encoder call when filling the cache
 
@@ -96,6 +97,7 @@ def describe(model_id: str, path: str, meta: Mapping[str, Any], public: bool = F
         "adapters": list(meta["adapters"]), "fusion": config.fusion.strategy,
         "audio_n_mels": audio_mels(meta), "config": meta["model"], "versions": meta.get("versions", {}),
         "metrics": meta.get("metrics", {}),
+        "tracking": public_reference(meta.get("tracking")) if public else meta.get("tracking"),
     }
     return _no_paths(info) if public else info
 

@@ -23,6 +23,7 @@ from atflrec.errors import UserError
 from atflrec.features.store import absolute_uri, resolve
 from atflrec.ray_connect import connect
 from atflrec.samples import SAMPLE_SCHEMA
+from atflrec.tracking import RunRef, tracked
 from atflrec.training.deepspeed_config import resolve_deepspeed_config
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import cited_item_ids, load_eval_rows, load_item_features, load_train_table
@@ -76,17 +77,9 @@ def build_datasets(config: TrainConfig, final_splits: list[str]) -> tuple[dict[s
     return datasets, cited_item_ids([train]), train.num_rows
 
 
-def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any] | None = None) -> Any:
-    """The ``TorchTrainer`` of a run (datasets read, DeepSpeed config resolved); ``callbacks`` are
-    Ray Train user callbacks (e.g. Tune's report callback when a Tune trial runs the trainer)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    ds_config = resolve_deepspeed_config(
-        config.deepspeed.config, config.deepspeed.overrides, batch_size=config.optim.batch_size,
-        grad_accum=config.optim.grad_accum, max_grad_norm=config.optim.max_grad_norm,
-        bf16=config.precision == "bf16",
-    )
+def check_run(config: TrainConfig, resume: bool) -> str:
+    """Refuse a run that cannot start (an existing run without ``resume``, or the reverse; bf16 on
+    CPU workers); returns the run's storage URI."""
     if config.precision == "bf16" and not config.scaling.use_gpu:
         raise ConfigError("precision: bf16 runs on GPU workers (scaling.use_gpu=true); CPU workers train in fp32")
     storage = absolute_uri(config.run.storage_path)
@@ -96,6 +89,28 @@ def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any
                             "pass --resume to continue it or set run.name=... for a new run")
     if resume and not exists:
         raise TrainingError(f"--resume: no run {config.run.name!r} under {storage}")
+    return storage
+
+
+def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any] | None = None,
+                  tracking: RunRef | None = None) -> Any:
+    """The ``TorchTrainer`` of a run (datasets read, DeepSpeed config resolved); ``callbacks`` are
+    Ray Train user callbacks (e.g. Tune's report callback when a Tune trial runs the trainer);
+    ``tracking`` is the MLflow run that records every report and that every checkpoint names."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ds_config = resolve_deepspeed_config(
+        config.deepspeed.config, config.deepspeed.overrides, batch_size=config.optim.batch_size,
+        grad_accum=config.optim.grad_accum, max_grad_norm=config.optim.max_grad_norm,
+        bf16=config.precision == "bf16",
+    )
+    storage = check_run(config, resume)
+    callbacks = list(callbacks or [])
+    if tracking is not None:
+        from atflrec.training.tracking import LogReports
+
+        callbacks.append(LogReports(tracking))
 
     connect(config.address)
     # The train split is fed by a coordinator that runs with this process's DataContext: its
@@ -112,7 +127,8 @@ def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "deepspeed": ds_config,
-                           "train_items": train_items, "final_splits": final_splits},
+                           "train_items": train_items, "final_splits": final_splits,
+                           "tracking": tracking.as_dict() if tracking is not None else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.scaling.use_gpu,
                                      resources_per_worker=config.scaling.resources_per_worker()),
         run_config=RunConfig(
@@ -147,10 +163,26 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainOutcome:
-    """Run (or with ``resume`` continue) a training run; returns its final metrics and paths."""
+    """Run (or with ``resume`` continue) a training run; returns its final metrics and paths.
+
+    With ``tracking`` on, the run is recorded in MLflow (resumed runs continue theirs): the resolved
+    config, every validation's metrics, the final metrics and the exported artifact, which names the run."""
     if config.out is not None:
         check_export_target(config.out)  # refuse a bad --out before training, not after
-    return outcome_of(build_trainer(config, resume).fit(), config.out)
+    storage = check_run(config, resume)  # before a tracking run is opened for it
+    identity = f"train:{storage}/{config.run.name}"
+    with tracked(config.tracking, kind="train", name=config.run.name, identity=identity, resume=resume,
+                 params=config.model_dump(mode="json")) as run:
+        if run:
+            from atflrec.training.tracking import training_tags
+
+            run.set_tags(training_tags(config))
+        outcome = outcome_of(build_trainer(config, resume, tracking=run.ref).fit(), config.out)
+        if run:
+            from atflrec.training.tracking import log_outcome
+
+            log_outcome(run, outcome.metrics, outcome.exported)
+    return outcome
 
 
 class ExportError(UserError):

@@ -12,8 +12,9 @@ engine plugged into its backward and step; per-stage trainable parameters come f
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from atflrec.model.batch import Collator
 from atflrec.model.fusion import Stage, stage_rows
 from atflrec.model.network import ATFLRecModel, ModelConfig
 from atflrec.samples import SAMPLE_SCHEMA, few_shot, read_samples
+from atflrec.tracking import TrackingConfig, tracked
 from atflrec.training.loop import (  # noqa: F401  (re-exported: callers import them from here)
     OptimConfig,
     StageLoop,
@@ -53,6 +55,7 @@ class TrainingSettings(StrictModel):
     eval_splits: list[str] = Field(default_factory=lambda: ["val", "test", "cold"], description="splits to score")
     eval_batch_size: int = Field(16, ge=1, description="samples per scoring batch")
     max_eval_samples: int | None = Field(None, ge=1, description="seeded subsample of each eval split")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="record the run in MLflow (off)")
 
 
 class LocalTrainConfig(TrainingSettings):
@@ -174,9 +177,10 @@ def prepare_run(config: LocalTrainConfig) -> LocalRun:
     return LocalRun(config, model, make_collator(model, features), train.to_pylist(), evals)
 
 
-def train_run(run: LocalRun) -> TrainResult:
+def train_run(run: LocalRun, on_record: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train every stage of the run's fusion strategy in order, each validated on ``val`` when the
-    run scores it (best epoch kept, early stopping per ``optim.patience``)."""
+    run scores it (best epoch kept, early stopping per ``optim.patience``); ``on_record`` hears
+    every validation's record."""
     result = TrainResult()
     val = run.eval_rows.get("val") or None
     if val is None:
@@ -185,7 +189,7 @@ def train_run(run: LocalRun) -> TrainResult:
         rows = stage_rows(stage, run.config.model.fusion, run.train_rows, val)
         loop = StageLoop(run.model, stage, rows, run.collator, run.config.optim, seed=run.config.seed,
                          stage_index=index, precision=run.config.precision, val_rows=val,
-                         eval_batch_size=run.config.eval_batch_size)
+                         eval_batch_size=run.config.eval_batch_size, on_record=on_record)
         stage_result = loop.run()
         losses, speed = stage_result.losses, stage_result.samples_per_s
         result.losses[stage.name], result.samples_per_s[stage.name] = losses, speed
@@ -205,12 +209,25 @@ def evaluate_run(run: LocalRun) -> dict[str, dict[str, float]]:
 
 
 def train_local(config: LocalTrainConfig) -> TrainResult:
-    """Prepare, train every stage, evaluate, and save the artifact when ``out`` is set."""
-    run = prepare_run(config)
-    result = train_run(run)
-    result.metrics = evaluate_run(run)
-    if config.out is not None:
-        extra = {"train": config.model_dump(mode="json"), "metrics": result.metrics}
-        result.artifact = str(save_artifact(run.model, config.out, extra=extra))
-        (Path(config.out) / "losses.json").write_text(json.dumps(result.losses) + "\n")
+    """Prepare, train every stage, evaluate, and save the artifact when ``out`` is set; with
+    ``tracking`` on, all of it is recorded in an MLflow run that the artifact names."""
+    name = Path(config.out).name if config.out is not None else "train-local"
+    with tracked(config.tracking, kind="train-local", name=name, params=config.model_dump(mode="json")) as tracking:
+        log_record = None
+        if tracking:
+            from atflrec.training import tracking as track
+
+            tracking.set_tags(track.training_tags(config))
+            log_record = partial(track.log_record, tracking)
+        run = prepare_run(config)
+        result = train_run(run, log_record)
+        result.metrics = evaluate_run(run)
+        if config.out is not None:
+            extra = {"train": config.model_dump(mode="json"), "metrics": result.metrics}
+            if tracking:
+                extra["tracking"] = tracking.ref.as_dict()
+            result.artifact = str(save_artifact(run.model, config.out, extra=extra))
+            (Path(config.out) / "losses.json").write_text(json.dumps(result.losses) + "\n")
+        if tracking:
+            track.log_outcome(tracking, result.metrics, result.artifact)
     return result

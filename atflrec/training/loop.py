@@ -243,9 +243,11 @@ class StageLoop:
     def __init__(self, model: torch.nn.Module, stage: Stage, rows: Sequence[dict[str, Any]], collator: Any,
                  optim: OptimConfig, *, seed: int = 0, stage_index: int = 0, precision: str = "fp32",
                  val_rows: Sequence[dict[str, Any]] | None = None, eval_batch_size: int = 16,
-                 state: LoopState | None = None, log: Callable[..., None] = print) -> None:
+                 state: LoopState | None = None, log: Callable[..., None] = print,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model, self.stage, self.rows, self.collator, self.optim = model, stage, list(rows), collator, optim
         self.seed, self.precision, self.eval_batch_size, self.log = seed, precision, eval_batch_size, log
+        self.on_record = on_record  # also hears every evaluation's record (e.g. experiment tracking)
         self.val_rows = list(val_rows) if val_rows else None
         self.state = state if state is not None else LoopState(stage_index=stage_index)
         self.device = next(model.parameters()).device
@@ -396,4 +398,6 @@ class StageLoop:
         }
         self.result.evaluations.append(record)
         self.on_evaluation(record, scores)
+        if self.on_record is not None:
+            self.on_record(record)
         return stop

@@ -208,13 +208,15 @@ class DeepSpeedStageLoop(StageLoop):
 
     def __init__(self, model: ATFLRecModel, stage: Stage, rows: Sequence[dict[str, Any]], collator: Any,
                  config: TrainConfig, *, ds_config: dict[str, Any], progress: Progress, n_stages: int,
-                 val_rows: Sequence[dict[str, Any]], rank: int, world: int, log: Any) -> None:
+                 val_rows: Sequence[dict[str, Any]], rank: int, world: int, log: Any,
+                 tracking: dict[str, str] | None = None) -> None:
         import deepspeed
 
         super().__init__(model, stage, rows, collator, config.optim, seed=config.seed, stage_index=progress.stage_index,
                          precision="fp32",  # DeepSpeed's bf16 casts the module itself; no autocast on top
                          val_rows=val_rows, eval_batch_size=config.eval_batch_size, state=progress, log=log)
         self.config, self.progress, self.n_stages, self.rank, self.world = config, progress, n_stages, rank, world
+        self.tracking = tracking  # the MLflow run every checkpoint names (lineage), or None
         self.all_val_rows = list(val_rows)
         self.trained_names = {n for n, p in model.named_parameters() if p.requires_grad}
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
@@ -307,8 +309,9 @@ class DeepSpeedStageLoop(StageLoop):
                 save_optimizer_state(self.optimizer, directory, optimizer_file(self.rank), **meta)
             with gathered(self.model):
                 if self.rank == 0:
+                    extra = {"train": config.model_dump(mode="json"), "metrics": metrics}
                     save_artifact(self.model, directory,
-                                  extra={"train": config.model_dump(mode="json"), "metrics": metrics})
+                                  extra={**extra, "tracking": self.tracking} if self.tracking else extra)
                     (directory / PROGRESS_FILE).write_text(json.dumps(asdict(progress)) + "\n")
                     by_id = {r["sample_id"]: float(s) for r, s in zip(self.all_val_rows, scores)}
                     (directory / VAL_SCORES_FILE).write_text(json.dumps(by_id) + "\n")
@@ -388,7 +391,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         rows = stage_rows(stage, config.model.fusion, train_rows, val_rows, rank, world)
         loop = DeepSpeedStageLoop(model, stage, rows, make_collator(model, features), config,
                                   ds_config=ds_config, progress=progress, n_stages=len(stages), val_rows=val_rows,
-                                  rank=rank, world=world, log=log)
+                                  rank=rank, world=world, log=log, tracking=loop_config.get("tracking"))
         if restored is not None:  # continuing the stage the checkpoint was written in
             loop.best = restored.best
             resumed_from["optimizer_restored"] = loop.restore_optimizer(restored.optimizer)

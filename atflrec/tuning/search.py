@@ -30,13 +30,17 @@ from typing import Any
 
 from atflrec.config import ConfigError, dump_config, load_config, read_yaml
 from atflrec.ray_connect import connect
+from atflrec.tracking import ARTIFACT_PATH, Run, RunRef, split_metrics, tracked
+from atflrec.training.tracking import training_tags
 from atflrec.training.worker import MODEL_EVALS
 from atflrec.tuning.features import ensure_features
 from atflrec.tuning.placement import ReleaseOrphanedReservations
 from atflrec.tuning.plots import asha_rungs, plot_curves, plot_knobs
 from atflrec.tuning.results import (
+    RESULTS,
     PruneStoppedTrials,
     SearchError,
+    TrialRecord,
     best_trial,
     export_best,
     prune_stopped,
@@ -45,7 +49,7 @@ from atflrec.tuning.results import (
 )
 from atflrec.tuning.space import SearchPlan, TuneSpace
 from atflrec.tuning.space import plan as make_plan
-from atflrec.tuning.trial import run_trial, trial_dirname
+from atflrec.tuning.trial import TRIAL_ID, run_trial, trial_dirname
 
 EXPERIMENT, RUNS, BEST, PLOTS, SPACE_FILE = "search", "trials", "best", "plots", "space.yaml"
 # What ASHA compares trials by at each rung: validation AUC, at rungs counted in whole-model
@@ -100,14 +104,14 @@ def _search_alg(plan: SearchPlan, concurrency: int) -> tuple[Any, int | None]:
     return BasicVariantGenerator(random_state=plan.space.seed, max_concurrent=concurrency), None
 
 
-def _trainable(plan: SearchPlan, runs: Path) -> Any:
+def _trainable(plan: SearchPlan, runs: Path, search_run: RunRef | None) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, base=plan.base, runs=str(runs)),
+    return tune.with_resources(tune.with_parameters(run_trial, base=plan.base, runs=str(runs), search_run=search_run),
                                dict(plan.space.trial_resources))
 
 
-def _new_tuner(plan: SearchPlan, out: Path) -> Any:
+def _new_tuner(plan: SearchPlan, out: Path, search_run: RunRef | None) -> Any:
     import ray
     from ray import tune
 
@@ -117,7 +121,7 @@ def _new_tuner(plan: SearchPlan, out: Path) -> Any:
           f"at most {concurrency} at once; knobs: {', '.join(plan.knobs)}", flush=True)
     search_alg, max_concurrent = _search_alg(plan, concurrency)
     return tune.Tuner(
-        _trainable(plan, runs),
+        _trainable(plan, runs, search_run),
         param_space={key: d.to_tune() for key, d in plan.space.space.items()},
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=plan.space.num_samples, scheduler=_scheduler(plan),
@@ -132,7 +136,7 @@ def _new_tuner(plan: SearchPlan, out: Path) -> Any:
 def _check_same_space(space: TuneSpace, out: Path) -> None:
     saved = read_yaml(out / SPACE_FILE)
     given = space.model_dump(mode="json")
-    differ = sorted(k for k in given if k not in ("address", "out") and given[k] != saved.get(k))
+    differ = sorted(k for k in given if k not in ("address", "out", "tracking") and given[k] != saved.get(k))
     if differ:
         raise ConfigError(f"--resume: {', '.join(differ)} differ from the space the search in {out} started with "
                           f"({out / SPACE_FILE}); resume with that space, or start a new search with another --out")
@@ -151,7 +155,7 @@ def _check_out(space: TuneSpace, out: Path, resume: bool) -> None:
         _check_same_space(space, out)
 
 
-def _tuner(plan: SearchPlan, out: Path, resume: bool) -> Any:
+def _tuner(plan: SearchPlan, out: Path, resume: bool, search_run: RunRef | None) -> Any:
     from ray import tune
 
     # Tune saves the search's state at most every 10 s by default; a search killed in that window
@@ -160,11 +164,35 @@ def _tuner(plan: SearchPlan, out: Path, resume: bool) -> Any:
     if resume:
         print(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue",
               flush=True)
-        return tune.Tuner.restore(str(out / EXPERIMENT), _trainable(plan, out / RUNS),
+        return tune.Tuner.restore(str(out / EXPERIMENT), _trainable(plan, out / RUNS, search_run),
                                   resume_unfinished=True, restart_errored=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / SPACE_FILE).write_text(dump_config(plan.space))
-    return _new_tuner(plan, out)
+    return _new_tuner(plan, out, search_run)
+
+
+def _track_search(run: Run, trials: list[TrialRecord], counts: dict[str, int], best: TrialRecord, out: Path,
+                  target: Path) -> None:
+    """The search's outcome on its run (best trial, counts, tables, plots, best/ and its path), and
+    each trial's run closed with its status: ASHA ends a stopped trial's process before it can close
+    its run (or while it ends it as FAILED)."""
+    statuses = {t.trial_id: t.status for t in trials}
+    run.log_metrics({"best_val_auc": best.best["val_auc"], **{f"trials_{s}": n for s, n in counts.items()},
+                     **split_metrics((best.outcome or {}).get("metrics", {}), prefix="best")})
+    run.log_file(out / f"{RESULTS}.csv")
+    run.log_dir(out / PLOTS, PLOTS)
+    run.log_model(target, BEST)
+    run.set_tags({ARTIFACT_PATH: str(target), "atflrec.best_trial": best.trial_id})
+    ending = {"completed": "FINISHED", "stopped": "KILLED", "error": "FAILED"}
+    for child in run.children():
+        trial_id = child.data.tags.get(TRIAL_ID)
+        if trial_id not in statuses:
+            continue
+        trial = Run(RunRef(run.ref.uri, run.ref.experiment_id, child.info.run_id), run.client)
+        trial.set_tags({"atflrec.trial_status": statuses[trial_id],
+                        **({ARTIFACT_PATH: str(target)} if trial_id == best.trial_id else {})})
+        if child.info.status != ending[statuses[trial_id]]:
+            trial.end(ending[statuses[trial_id]])
 
 
 def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None, *,
@@ -186,21 +214,28 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
     out = Path(space.out).resolve()
     _check_out(space, out, resume)
     ensure_features(plan)  # before Ray starts: a missing Mel-bin count fails at once
-    connect(space.address)
-    grid = _tuner(plan, out, resume).fit()
+    with tracked(space.tracking, kind="search", name=f"search {out.name}", identity=f"search:{out}", resume=resume,
+                 params=space.model_dump(mode="json")) as run:
+        if run:
+            run.set_tags(training_tags(plan.trial_config({})))
+        connect(space.address)
+        grid = _tuner(plan, out, resume, run.ref).fit()
 
-    trials = records(grid, plan, str(out / RUNS))
-    table, curves = write_tables(trials, plan, out)
-    best = best_trial(trials)
-    target = export_best(best, out / BEST)
-    removed = prune_stopped(trials, out / RUNS, best)
-    (out / PLOTS).mkdir(exist_ok=True)
-    plot_knobs(table, plan, out / PLOTS)
-    rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor, space.asha.max_t or plan.max_model_evals)
-    plot_curves(curves, rungs if space.scheduler == "asha" else [], out / PLOTS)
-    if space.export is not None:
-        export_best(best, Path(space.export))
-    counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
+        trials = records(grid, plan, str(out / RUNS))
+        table, curves = write_tables(trials, plan, out)
+        best = best_trial(trials)
+        target = export_best(best, out / BEST)
+        removed = prune_stopped(trials, out / RUNS, best)
+        (out / PLOTS).mkdir(exist_ok=True)
+        plot_knobs(table, plan, out / PLOTS)
+        rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor,
+                           space.asha.max_t or plan.max_model_evals)
+        plot_curves(curves, rungs if space.scheduler == "asha" else [], out / PLOTS)
+        if space.export is not None:
+            export_best(best, Path(space.export))
+        counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
+        if run:
+            _track_search(run, trials, counts, best, out, target)
     print(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
           f"{counts['error']} failed; "
           f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)", flush=True)

@@ -36,6 +36,7 @@ from atflrec.config import (
     merge,
 )
 from atflrec.model.fusion import STRATEGIES
+from atflrec.tracking import TrackingConfig
 from atflrec.training.distributed_config import TrainConfig
 
 KINDS = ("choice", "uniform", "quniform", "loguniform", "randint")
@@ -157,6 +158,9 @@ class TuneSpace(StrictModel):
     out: str = Field("runs/tune", description="output dir: the search's state, trial runs, results table, plots, best/")
     export: str | None = Field(
         None, description="also copy best/ here (e.g. where serving loads from); unset: only OUT/best")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="record the search in MLflow (off): a run for the search, each trial's run nested under it")
 
     @field_validator("train")
     @classmethod
@@ -202,6 +206,7 @@ def trial_config(base: dict[str, Any], knobs: dict[str, Any], run_name: str, sto
     data = merge(base, knobs)
     data["run"] = {**data.get("run", {}), "name": run_name, "storage_path": storage_path}
     data["out"], data["address"] = None, None
+    data.pop("tracking", None)  # the search's own tracking applies: each trial is a run nested under the search's
     return build_config(TrainConfig, data, "trial config")
 
 

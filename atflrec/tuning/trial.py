@@ -16,11 +16,14 @@ from typing import Any
 
 from ray.train import UserCallback
 
+from atflrec.tracking import RunRef, tracked
 from atflrec.training.distributed import build_trainer, outcome_of, run_exists
+from atflrec.training.tracking import log_outcome, training_tags
 from atflrec.tuning.space import trial_config
 
 OUTCOME_FILE = "trial_outcome.json"  # in the trial's Train run dir, once the run has finished
 REPORTS_FILE = "reports.jsonl"  # in the trial's Train run dir: every report, as it is made
+TRIAL_ID = "atflrec.trial_id"  # tag of a trial's MLflow run
 
 
 class ReportLog(UserCallback):
@@ -47,18 +50,31 @@ def trial_dirname(trial: Any) -> str:
     return run_name(trial.trial_id)
 
 
-def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str) -> None:
-    """Tune's function trainable; ``knobs`` is the sampled point, ``base`` the resolved training config."""
+def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run: RunRef | None = None) -> None:
+    """Tune's function trainable; ``knobs`` is the sampled point, ``base`` the resolved training config;
+    with ``search_run`` (tracking on) the trial is an MLflow run nested under the search's."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    name = run_name(ray.tune.get_context().get_trial_id())
+    trial_id = ray.tune.get_context().get_trial_id()
+    name = run_name(trial_id)
     config = trial_config(base, knobs, name, runs)
-    log = ReportLog(str(Path(runs) / name / REPORTS_FILE))
-    trainer = build_trainer(config, resume=run_exists(runs, name), callbacks=[log, TuneReportCallback()])
-    outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
+    resume = run_exists(runs, name)
+    with tracked(None, parent=search_run, kind="trial", name=name, identity=trial_identity(runs, name),
+                 resume=resume, params=config.model_dump(mode="json")) as run:
+        if run:
+            run.set_tags({**training_tags(config), TRIAL_ID: trial_id,
+                          **{f"atflrec.knob.{k}": json.dumps(v) for k, v in knobs.items()}})
+        log = ReportLog(str(Path(runs) / name / REPORTS_FILE))
+        trainer = build_trainer(config, resume=resume, callbacks=[log, TuneReportCallback()], tracking=run.ref)
+        outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
+        log_outcome(run, outcome.metrics, artifact=None)
     summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint}
     (Path(runs) / name / OUTCOME_FILE).write_text(json.dumps(summary) + "\n")
+
+
+def trial_identity(runs: str, name: str) -> str:
+    return f"trial:{Path(runs).resolve()}/{name}"
 
 
 def read_outcome(runs: str, name: str) -> dict[str, Any] | None:
