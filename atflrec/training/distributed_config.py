@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from atflrec.config import ConfigRef, StrictModel
-from atflrec.training.local import TrainingSettings
+from atflrec.training.settings import TrainingSettings
 
 
 class ScalingSettings(StrictModel):

@@ -16,21 +16,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from pydantic import Field
 
-from atflrec.config import ConfigError, StrictModel
+from atflrec.config import ConfigError
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import save_artifact
 from atflrec.model.batch import Collator
 from atflrec.model.fusion import Stage, stage_rows
 from atflrec.model.network import ATFLRecModel, ModelConfig
 from atflrec.samples import SAMPLE_SCHEMA, few_shot, read_samples
-from atflrec.tracking import TrackingConfig, tracked
+from atflrec.tracking import tracked
 from atflrec.training.loop import (  # noqa: F401  (re-exported: callers import them from here)
     OptimConfig,
     StageLoop,
@@ -39,23 +39,7 @@ from atflrec.training.loop import (  # noqa: F401  (re-exported: callers import 
     make_batches,
     predict,
 )
-
-
-class TrainingSettings(StrictModel):
-    """What any training run needs, in this process or on a Ray cluster."""
-
-    model: ModelConfig = Field(default_factory=ModelConfig, description="the model to train")
-    samples: str | None = Field(
-        None, description="samples directory (from `atflrec samples` or import-instructions); required")
-    features: str | None = Field(None, description="feature store URI; unset trains without audio")
-    shots: int | None = Field(64, ge=1, description="few-shot training set size; unset uses every train sample")
-    seed: int = Field(0, description="seed for the few-shot draw, initialisation and shuffling")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimisation")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast locally, DeepSpeed bf16 on Ray")
-    eval_splits: list[str] = Field(default_factory=lambda: ["val", "test", "cold"], description="splits to score")
-    eval_batch_size: int = Field(16, ge=1, description="samples per scoring batch")
-    max_eval_samples: int | None = Field(None, ge=1, description="seeded subsample of each eval split")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="record the run in MLflow (off)")
+from atflrec.training.settings import TrainingSettings
 
 
 class LocalTrainConfig(TrainingSettings):

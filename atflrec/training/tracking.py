@@ -14,7 +14,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from atflrec.tracking import ARTIFACT_PATH, BASE_MODEL, Run, RunRef, data_tags, split_metrics
-from atflrec.training.local import TrainingSettings
+from atflrec.training.settings import TrainingSettings
 
 STEP = "global_step"
 NOT_METRICS = (STEP, "step", "best_epoch")  # the step itself, and an epoch number that is not a measurement
