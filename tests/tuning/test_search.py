@@ -22,7 +22,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tune_setup import REPO, make_space
+from tune_setup import make_space
+
+REPO = Path(__file__).resolve().parents[2]  # the subprocess searches run from the checkout
 
 ATFLREC = str(Path(sys.executable).parent / "atflrec")
 
