@@ -10,7 +10,7 @@ import pytest
 from mlflow_process import free_port, running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The server's URL; its log is ``server.log`` in its temporary directory."""
     root = tmp_path_factory.mktemp("mlflow-server")

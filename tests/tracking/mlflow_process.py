@@ -30,7 +30,10 @@ def running(args: list[str], port: int, log: Path) -> Iterator[str]:
     URL once ``/health`` answers. The whole process group is stopped at the end."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
-        process = subprocess.Popen([MLFLOW, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # No job runner: it starts five queue consumers the tests never use, on a 2-core machine.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        process = subprocess.Popen([MLFLOW, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(url):
