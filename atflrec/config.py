@@ -70,21 +70,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each dotted ``key=value`` override set."""
+    """Return a copy of ``data`` with each dotted ``key=value`` override set: the value replaces what
+    the key held, a mapping included (``models={"a": "dir"}`` leaves no other model behind)."""
     result = merge(data, {})
     for text in overrides:
         path, value = parse_override(text)
-        result = merge(result, {".".join(path): value})
+        result = merge(result, {".".join(path): value}, replace=True)
     return result
 
 
-def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any], *, replace: bool = False) -> dict[str, Any]:
     """A deep copy of ``base`` with ``changes`` merged in.
 
     A key of ``changes`` is a dotted path (``a.b.c``); missing or null sections on the way are
     created, and a path through a value that is not a section is a :class:`ConfigError`. A mapping
     merges into the section it lands on key by key (its own keys are plain: a dot in them is part of
-    the key, as in a search space's knobs); any other value replaces what was there.
+    the key, as in a search space's knobs), unless ``replace``; any other value replaces what was there.
     """
     merged = copy.deepcopy(dict(base))
     for key, value in changes.items():
@@ -97,7 +98,7 @@ def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]
             elif not isinstance(child, dict):
                 raise ConfigError(f"{'.'.join(path[: depth + 1])}: is a value, not a section; cannot set {key}")
             node = child
-        node[path[-1]] = _merge_plain(node.get(path[-1]), value)
+        node[path[-1]] = copy.deepcopy(value) if replace else _merge_plain(node.get(path[-1]), value)
     return merged
 
 

@@ -106,6 +106,14 @@ def test_override_into_a_value_is_an_error() -> None:
         apply_overrides({"name": "x"}, ["name.sub=1"])
 
 
+def test_an_override_replaces_a_whole_mapping() -> None:
+    """``--checkpoint`` becomes ``models={...}``: the file's own models must not survive beside it."""
+    data = {"models": {"best": "runs/demo/model"}, "limits": {"max_k": 100, "max_history": 50}}
+    result = apply_overrides(data, ['models={"tiny": "/a"}', "limits.max_k=3"])
+    assert result == {"models": {"tiny": "/a"}, "limits": {"max_k": 3, "max_history": 50}}
+    assert data["models"] == {"best": "runs/demo/model"}  # the input is left alone
+
+
 def test_merge_sets_dotted_paths_and_merges_sections_key_by_key() -> None:
     base = {"optim": {"lr": 1e-3, "epochs": 2}, "model": None, "tags": ["a"]}
     merged = merge(base, {"optim": {"epochs": 5}, "model.lora.r": 4, "tags": ["b"], "space": {"optim.lr": [1]}})

@@ -197,7 +197,8 @@ def test_the_model_runs_off_the_event_loop() -> None:
             return [np.zeros(1) for _ in queries]
 
     def ticks_during_a_batch(on_event_loop: bool) -> int:
-        replica = SimpleNamespace(batches=0, queries=0, args=ServeArgs(
+        not_exported = SimpleNamespace(batch_queries=SimpleNamespace(observe=lambda n: None))  # no replica context
+        replica = SimpleNamespace(batches=0, queries=0, metrics=not_exported, args=ServeArgs(
             models={"m": "/m"}, dataset="/d", features="/f", batching={"on_event_loop": on_event_loop}))
         score_batch = Recommender.func_or_class._score_batch.__wrapped__  # the method under @serve.batch
 
