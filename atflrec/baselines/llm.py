@@ -156,8 +156,10 @@ class LLMRecommender(Recommender):
             else:  # adapters frozen: train on their cached outputs
                 fit_rows = stage_rows(stage, settings.model.fusion, rows, self.validation_rows())
                 outputs = {a: self.adapter_outputs(a, fit_rows) for a in self.model.adapters}
+                # No validation here (the rows it could select on may be the ones it fits), so no patience.
+                optim = settings.optim.model_copy(update={"patience": None})
                 loop = StageLoop(_CachedPasses(self.model, outputs, fit_rows), stage, fit_rows, _labels_batch,
-                                 settings.optim, seed=context.seed, precision=settings.precision, log=_indented)
+                                 optim, seed=context.seed, precision=settings.precision, log=_indented)
                 _indented(_stage_summary(stage.name, loop.run().evaluations)
                           + f" on {len(fit_rows)} rows (fit_on: {settings.model.fusion.fit_on})")
         self.model.configure_stage(None)
