@@ -18,8 +18,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "atflrec needs Python 3.10, 3.11 or 3.12 (python3.X on PATH, or make PYTHON=/path/to/python); none was found" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "installing atflrec and its dependencies into $(VENV) (minutes the first time; pip's output: $(VENV)/install.log)"
+	@{ $(BIN)/python -m pip install --upgrade pip && $(BIN)/python -m pip install -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+		|| { tail -n 25 $(VENV)/install.log >&2; echo "install failed: the whole log is $(VENV)/install.log" >&2; exit 1; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

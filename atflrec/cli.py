@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from atflrec.console import say
 from atflrec.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     config = _stage_config(args, SynthConfig, ("users", "items", "seed"))
     summary = generate(config, args.out)
-    print(summary.describe())
+    say(summary.describe())
     return 0
 
 
@@ -55,7 +56,7 @@ def _data_validate(args: argparse.Namespace) -> int:
     from atflrec.data.validate import validate_dataset
 
     report = validate_dataset(args.dir)
-    print(report.describe())
+    say(report.describe())
     return 0 if report.usable else 1
 
 
@@ -64,7 +65,7 @@ def _data_import_microlens(args: argparse.Namespace) -> int:
 
     config = _stage_config(args, MicroLensImportConfig, ("negatives_per_positive", "seed"))
     summary = import_microlens(args.src, args.out, config)
-    print(summary.describe())
+    say(summary.describe())
     return 0
 
 
@@ -72,7 +73,7 @@ def _data_import_instructions(args: argparse.Namespace) -> int:
     from atflrec.samples.instructions import import_instructions
 
     count = import_instructions(args.file, args.out, split=args.split)
-    print(f"wrote {count} {args.split} samples to {args.out}")
+    say(f"wrote {count} {args.split} samples to {args.out}")
     return 0
 
 
@@ -84,7 +85,7 @@ def _samples(args: argparse.Namespace) -> int:
 
     config = _stage_config(args, SampleConfig, ("history_len", "seed"))
     counts = make_samples(load_dataset(args.data), args.out, config)
-    print(", ".join(f"{split} {n}" for split, n in counts.items()) + f" samples in {args.out}")
+    say(", ".join(f"{split} {n}" for split, n in counts.items()) + f" samples in {args.out}")
     return 0
 
 
@@ -94,7 +95,7 @@ def _train_local(args: argparse.Namespace) -> int:
     config = _stage_config(args, LocalTrainConfig, ("samples", "features", "out", "shots", "seed"))
     result = train_local(config)
     if result.artifact is not None:
-        print(f"artifact: {result.artifact}")
+        say(f"artifact: {result.artifact}")
     return 0
 
 
@@ -104,16 +105,16 @@ def _train(args: argparse.Namespace) -> int:
 
     config = _stage_config(args, TrainConfig, ("samples", "features", "out", "address"))
     outcome = train(config, resume=args.resume)
-    print(f"run: {outcome.run_path}")
+    say(f"run: {outcome.run_path}")
     if outcome.resumed_from is not None:
         where = outcome.resumed_from
         optimizer = "restored" if where.get("optimizer_restored") else "restarted"
-        print(f"resumed at stage {where['stage_index']}, epoch {where['epoch']}, step {where['global_step']} "
-              f"(optimizer state {optimizer})")
+        say(f"resumed at stage {where['stage_index']}, epoch {where['epoch']}, step {where['global_step']} "
+            f"(optimizer state {optimizer})")
     for split, metrics in outcome.metrics.items():
-        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        say(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if outcome.exported is not None:
-        print(f"best checkpoint exported to {outcome.exported}")
+        say(f"best checkpoint exported to {outcome.exported}")
     return 0
 
 
@@ -135,7 +136,7 @@ def _features(args: argparse.Namespace) -> int:
         args.n_mels = "[" + args.n_mels + "]"  # "40,80" -> YAML list [40,80]
     config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address", "prune"))
     summary = build_feature_store(args.data, args.out, config)
-    print(summary.describe())
+    say(summary.describe())
     return 0
 
 
@@ -167,12 +168,12 @@ def _configs(args: argparse.Namespace) -> int:
     from atflrec.config import find_config, packaged_configs
 
     if args.action == "show":
-        print(find_config(args.name).read_text(), end="")
+        say(find_config(args.name).read_text(), end="")
         return 0
     configs = packaged_configs()
     width = max(map(len, configs))
     for name, path in configs.items():
-        print(f"{name:<{width}}  {_summary(path)}")
+        say(f"{name:<{width}}  {_summary(path)}")
     return 0
 
 
@@ -182,7 +183,7 @@ def _model_fetch(args: argparse.Namespace) -> int:
     from atflrec.base_model.fetch import DEFAULT_MODEL, fetch_model
 
     path = fetch_model(args.name or DEFAULT_MODEL, cache_dir=args.cache_dir, force=args.force)
-    print(path)
+    say(path)
     return 0
 
 
@@ -221,12 +222,12 @@ def _follow(jobs: Jobs, job_id: str) -> int:
     try:
         info = jobs.wait(job_id, logs=sys.stdout, progress=sys.stderr)
     except KeyboardInterrupt:
-        print(f"stopped following; job {job_id} keeps running "
-              f"(atflrec jobs stop {job_id} --address {jobs.address})", file=sys.stderr)
+        say(f"stopped following; job {job_id} keeps running "
+            f"(atflrec jobs stop {job_id} --address {jobs.address})", err=True)
         return 130
     if info.status == "SUCCEEDED":
         return 0
-    print(f"error: job {job_id} {info.status}: {info.message}", file=sys.stderr)
+    say(f"error: job {job_id} {info.status}: {info.message}", err=True)
     return 1
 
 
@@ -237,11 +238,11 @@ def _submit(args: argparse.Namespace) -> int:
     runtime_env = load_runtime_env(args.runtime_env) if args.runtime_env else None
     jobs = Jobs(args.address)
     job_id = jobs.submit(command, runtime_env=runtime_env, job_id=args.job_id)
-    print(job_id, flush=True)
-    print(f"submitted `{entrypoint(command)}` to {jobs.address} as job {job_id}", file=sys.stderr, flush=True)
+    say(job_id)
+    say(f"submitted `{entrypoint(command)}` to {jobs.address} as job {job_id}", err=True)
     if args.wait:
         return _follow(jobs, job_id)
-    print(f"follow it: atflrec jobs logs {job_id} --follow --address {jobs.address}", file=sys.stderr)
+    say(f"follow it: atflrec jobs logs {job_id} --follow --address {jobs.address}", err=True)
     return 0
 
 
@@ -250,17 +251,17 @@ def _jobs(args: argparse.Namespace) -> int:
 
     jobs = Jobs(args.address)
     if args.action == "status":
-        print(describe(jobs.info(args.job_id)))
+        say(describe(jobs.info(args.job_id)))
     elif args.action == "logs":
         if args.follow:
             return _follow(jobs, args.job_id)
-        print(jobs.logs(args.job_id), end="")
+        say(jobs.logs(args.job_id), end="")
     elif args.action == "stop":
         stopped = jobs.stop(args.job_id)
-        print(f"{args.job_id}: " + ("stop requested" if stopped else "had already finished"))
+        say(f"{args.job_id}: " + ("stop requested" if stopped else "had already finished"))
     else:
         for info in sorted(jobs.list(), key=lambda i: i.start_time or 0):
-            print(f"{info.submission_id}  {info.status}  {info.entrypoint}")
+            say(f"{info.submission_id}  {info.status}  {info.entrypoint}")
     return 0
 
 
@@ -299,9 +300,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError("--no-blocking leaves the app on a running cluster: give --address (e.g. auto)")
     connect(args.address)
     url = deploy(launch)
-    print(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)", flush=True)
+    say(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)")
     if args.blocking:
-        print("Ctrl-C stops it", flush=True)
+        say("Ctrl-C stops it")
         serve_until_interrupted(launch.name)
     return 0
 
@@ -316,6 +317,13 @@ def _demo(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"keep_serving": True})
     run_demo(config)
     return 0
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    """The long verbs print only their own lines; other programs' output goes to a log file."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print Ray's, DeepSpeed's and transformers' output here too (default: to the log)")
+    parser.add_argument("--log-dir", help="folder of the log file (default: runs/logs; the demo's: WORKDIR/logs)")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -367,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--prune", action="store_true", default=None,
                           help="drop stored items whose audio is missing now and Mel-bin counts not in --n-mels")
     _add_config_args(features)
+    _add_output_args(features)
     features.set_defaults(handler=_features)
 
     samples = verbs.add_parser("samples", help="instruction samples with warm and cold-start splits")
@@ -384,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_local.add_argument("--shots", type=int, help="few-shot training set size")
     train_local.add_argument("--seed", type=int, help="seed for the draw, initialisation and shuffling")
     _add_config_args(train_local)
+    _add_output_args(train_local)
     train_local.set_defaults(handler=_train_local)
 
     train = verbs.add_parser("train", help="fine-tune with Ray Train and DeepSpeed (any number of workers)")
@@ -394,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run named run.name from its latest checkpoint")
     _add_config_args(train)
+    _add_output_args(train)
     train.set_defaults(handler=_train)
 
     tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
@@ -409,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="overrides of the space's keys, e.g. train.samples=DIR")
+    _add_output_args(tune)
     tune.set_defaults(handler=_tune)
 
     configs = verbs.add_parser("configs", help="the shipped configs (name them with --config / --space)")
@@ -461,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--replace", action="store_true",
                           help="write into an --out that holds another configuration's evaluation (else refused)")
     _add_config_args(evaluate)
+    _add_output_args(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     serve = verbs.add_parser("serve", help="serve models over HTTP with Ray Serve (config: serve/*.yaml)")
@@ -475,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stay in the foreground until Ctrl-C (default); --no-blocking deploys and exits")
     serve.add_argument("--config", help="Serve config YAML, e.g. serve/local.yaml (its app args take overrides)")
     serve.add_argument("overrides", nargs="*", metavar="key=value", help="app args overrides, e.g. limits.max_k=20")
+    _add_output_args(serve)
     serve.set_defaults(handler=_serve)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
@@ -482,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-serving", action="store_true",
                       help="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines for each route")
     _add_config_args(demo)
+    _add_output_args(demo)
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -500,13 +515,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _log_dir(args: argparse.Namespace) -> Path:
+    """Where a quiet verb's log goes: ``--log-dir``, else the demo's workdir/logs, else runs/logs."""
+    if args.log_dir is not None:
+        return Path(args.log_dir)
+    if args.verb == "demo":
+        from atflrec.demo import DemoConfig
+
+        return Path(_stage_config(args, DemoConfig, ("workdir",)).workdir) / "logs"
+    return Path("runs/logs")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The verb's handler; long verbs run quietly (their own lines only) unless ``-v``."""
+    handler: Handler = args.handler
+    if hasattr(args, "verbose") and not args.verbose:
+        from atflrec.console import log_path, quiet
+
+        with quiet(log_path(_log_dir(args), args.verb)) as log:
+            say(f"(Ray, DeepSpeed and transformers write to {log}; -v shows them here)")
+            return handler(args)
+    return handler(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    handler: Handler = args.handler
     try:
-        return handler(args)
+        return _run(args)
     except UserError as exc:  # config errors, bad datasets, unreachable services: no traceback
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return 2
     except KeyboardInterrupt:
         return 130

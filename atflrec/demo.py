@@ -19,6 +19,7 @@ from pydantic import Field
 
 from atflrec.base_model.fetch import DEFAULT_MODEL
 from atflrec.config import ConfigRef, StrictModel, dump_config
+from atflrec.console import say
 from atflrec.data.synth import SynthConfig
 from atflrec.errors import UserError
 from atflrec.features.pipeline import FeatureConfig
@@ -136,11 +137,11 @@ def curl_lines(url: str, history: list[dict], candidates: list[str]) -> list[str
 
 @contextmanager
 def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
-    print(f"\n== {name} ==", flush=True)
+    say(f"\n== {name} ==")
     start = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - start
-    print(f"-- {name}: {timings[name]:.1f} s", flush=True)
+    say(f"-- {name}: {timings[name]:.1f} s")
 
 
 def run_demo(config: DemoConfig) -> dict[str, Path]:
@@ -170,26 +171,26 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
 
     with _stage("benchmark data", timings):
         outputs["dataset"] = workdir / "dataset"
-        print(generate(config.synth, outputs["dataset"]).describe())
+        say(generate(config.synth, outputs["dataset"]).describe())
 
     with _stage("validate", timings):
         report = validate_dataset(outputs["dataset"])
-        print(report.describe())
+        say(report.describe())
         if not report.usable:
             raise UserError(f"the generated dataset at {outputs['dataset']} is not usable")
 
     with _stage("features", timings):
         outputs["features"] = workdir / "features"
-        print(build_feature_store(outputs["dataset"], str(outputs["features"]), config.features).describe())
+        say(build_feature_store(outputs["dataset"], str(outputs["features"]), config.features).describe())
 
     with _stage("base model", timings):
         outputs["base_model"] = Path(resolve_base_model(config.base_model))
-        print(f"base model ready at {outputs['base_model']}")
+        say(f"base model ready at {outputs['base_model']}")
 
     with _stage("samples", timings):
         outputs["samples"] = workdir / "samples"
         counts = make_samples(load_dataset(outputs["dataset"]), outputs["samples"], config.samples)
-        print(", ".join(f"{split} {n}" for split, n in counts.items()) + " samples")
+        say(", ".join(f"{split} {n}" for split, n in counts.items()) + " samples")
 
     with _stage("train", timings):
         outputs["model"] = workdir / "model"
@@ -201,8 +202,8 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
         ])
         outcome = train(train_config)
         for split, metrics in outcome.metrics.items():
-            print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        print(f"best checkpoint exported to {outcome.exported}")
+            say(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        say(f"best checkpoint exported to {outcome.exported}")
 
     with _stage("tune", timings):
         shutil.rmtree(workdir / "tune", ignore_errors=True)  # a fresh search each time, like train
@@ -224,9 +225,9 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
     with _stage("served model vs the floor", timings):
         check = spot_check(outputs["best"], outputs["dataset"], str(outputs["features"]), outputs["samples"],
                            config.spot_check_rows, workdir / "spot-check-items")
-        print(f"cold-start AUC on {int(check.pop('rows'))} seeded cold-start rows: "
-              + ", ".join(f"{name} {value:.3f}" for name, value in check.items())
-              + "  (the demo's few-shot search is a smoke run: see bench/results/eval for the evaluation)")
+        say(f"cold-start AUC on {int(check.pop('rows'))} seeded cold-start rows: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in check.items())
+            + "  (the demo's few-shot search is a smoke run: see bench/results/eval for the evaluation)")
 
     with _stage("serve", timings):
         # Deploys best/ with Ray Serve and asks POST /v1/recommend once over HTTP; the app is deleted
@@ -234,22 +235,22 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
         served = serve_and_query(outputs["best"], outputs["dataset"], str(outputs["features"]), port=config.serve_port,
                                  items_dir=workdir / "serve-items", keep_running=config.keep_serving)
 
-    print("\n== summary ==")
+    say("\n== summary ==")
     for name, seconds in timings.items():
-        print(f"  {name:<16} {seconds:7.1f} s")
+        say(f"  {name:<16} {seconds:7.1f} s")
     for name, path in outputs.items():
-        print(f"  {name:<16} {path}")
+        say(f"  {name:<16} {path}")
     if uri is not None:
-        print(tracking_note(uri, config.tracking.experiment))
+        say(tracking_note(uri, config.tracking.experiment))
     if config.keep_serving:
         from atflrec.serving.config import APP_NAME
         from atflrec.serving.launch import serve_until_interrupted
 
         history = served["request"]["history"]
-        print(f"\nthe endpoint stays up at {served['url']} (Ctrl-C stops it); try:")
+        say(f"\nthe endpoint stays up at {served['url']} (Ctrl-C stops it); try:")
         for line in curl_lines(served["url"], history, [i["item_id"] for i in served["response"]["items"][:2]]):
-            print(f"  {line}")
+            say(f"  {line}")
         serve_until_interrupted(APP_NAME)
     else:
-        print("\nto keep the endpoint up at the end, run `atflrec demo --keep-serving`")
+        say("\nto keep the endpoint up at the end, run `atflrec demo --keep-serving`")
     return outputs

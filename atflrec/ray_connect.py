@@ -13,6 +13,8 @@ def connect(address: str | None) -> int:
     """
     import ray  # here, not at the top: importing Ray is slow and reading configs must stay quick
 
+    from atflrec.console import after_ray_init
+
     if not ray.is_initialized():
         try:
             ray.init(address=address) if address else ray.init()
@@ -23,4 +25,5 @@ def connect(address: str | None) -> int:
             ) from None
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    after_ray_init()  # worker lines: atflrec's to the terminal, the rest to the log (quiet mode)
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from atflrec.config import SECRET_ERROR, ConfigError, StrictModel
+from atflrec.console import say
 
 INSTALL_HINT = "pip install 'atflrec[tracking]'"
 DEFAULT_STORE = "mlruns"
@@ -267,8 +268,8 @@ def tracked(config: TrackingConfig | None, **kwargs: Any) -> Iterator[Run]:
         raise
     run.end("FINISHED")
     if run and kwargs.get("parent") is None:
-        print(f"tracking: MLflow run {run.ref.run_id} ({kwargs['kind']}) in {run.ref.uri}; "
-              f"to browse it: {ui_command(run.ref.uri)}", flush=True)
+        say(f"tracking: MLflow run {run.ref.run_id} ({kwargs['kind']}) in {run.ref.uri}; "
+            f"to browse it: {ui_command(run.ref.uri)}")
 
 
 # --- what a run records ------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ Writes ``--out`` as ``{"16": {"text_llm": mean AUC over the seeds run, "user_rat
 (only the sizes run), a ``*_detail.json`` beside it (per-seed AUCs, settings, timings, TALLRec's
 published table, what was run) and a PNG plot. Seeds are the outer loop (every size at the first
 seed, then the next seed) and the results are rewritten after every fit, so an interrupted run
-keeps what it finished; ``finished`` in the detail says whether the whole grid ran.
+keeps what it finished; ``finished`` in the detail says whether the whole grid ran. A rerun with
+the same settings extends the earlier run (its fits are kept and skipped; ``--shots`` and
+``--seeds`` may name new ones); a rerun with other settings is refused.
 """
 
 from __future__ import annotations
@@ -125,6 +127,31 @@ def write(args: argparse.Namespace, detail: dict[str, Any]) -> None:
     plot(detail, args.out.with_suffix(".png"))
 
 
+SAME_RUN_KEYS = ("shots", "seeds", "import_s")  # settings that may differ between invocations of one run
+
+
+def resume(args: argparse.Namespace, detail: dict[str, Any]) -> set[tuple[int, int]]:
+    """Carry the finished fits of an earlier invocation with the same settings into ``detail``
+    (the grid is the union of both); a different setting is refused, never silently replaced."""
+    path = args.out.with_name(args.out.stem + "_detail.json")
+    if not path.exists():
+        return set()
+    earlier = json.loads(path.read_text())
+    mine = {k: v for k, v in detail["settings"].items() if k not in SAME_RUN_KEYS}
+    theirs = {k: v for k, v in earlier["settings"].items() if k not in SAME_RUN_KEYS}
+    if mine != theirs:
+        differ = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+        raise SystemExit(f"{path} holds a run with other settings ({', '.join(differ)}): "
+                         "rerun with its settings to extend it, or choose another --out")
+    for key in ("shots", "seeds"):
+        detail["settings"][key] = sorted({*earlier["settings"][key], *detail["settings"][key]})
+    detail["text_llm_runs"] = earlier["text_llm_runs"]
+    detail["earlier_invocations"] = [*earlier.get("earlier_invocations", []),
+                                     {k: earlier[k] for k in ("note", "when", "finished", "stopped_early")
+                                      if k in earlier}]
+    return {(r["shots"], r["seed"]) for r in earlier["text_llm_runs"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with TALLRec's Book valid.json and test.json")
@@ -187,10 +214,14 @@ def main() -> None:
         "published_tallrec_book": {"values": PUBLISHED_TALLREC_BOOK, "source": PUBLISHED_NOTE},
         "text_llm_runs": [],
     }
+    done = resume(args, detail)
     # Seed-major: every size at seed 0 first, so a run stopped early still covers every size.
     detail["finished"] = False
     for seed in seeds:
         for n in shots:
+            if (n, seed) in done:
+                print(f"{n} shots, seed {seed}: already in {args.out}, skipped", flush=True)
+                continue
             train = few_shot(pool_table, n, seed).to_pylist()
             model = build_recommender("text_llm", settings)
             t0 = time.perf_counter()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from atflrec import __version__
+from atflrec.console import say
 from atflrec.errors import UserError
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def default_cache_dir() -> Path:
 
 def _progress(message: str) -> None:
     # stderr, so that stdout of `atflrec model fetch` is only the model path (usable in scripts).
-    print(f"[model fetch] {message}", file=sys.stderr, flush=True)
+    say(f"[model fetch] {message}", err=True)
 
 
 def _builtin(name: str) -> BuiltinModel:

@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from atflrec.baselines.base import RECOMMENDERS, Context, Recommender, Row, rows_key
 from atflrec.config import StrictModel
+from atflrec.console import say
 from atflrec.model.adapters import ADAPTER_SEES_AUDIO
 from atflrec.model.batch import AUDIO, Batch, history_logit
 from atflrec.model.fusion import PassOutput, Stage, stage_rows
@@ -52,7 +53,7 @@ from atflrec.training.loop import StageLoop
 
 def _indented(message: str) -> None:
     """The stage loop's lines (early stop, best epoch restored), under the evaluation's job line."""
-    print(f"  {message}", flush=True)
+    say(f"  {message}")
 
 
 def _stage_summary(stage: str, evaluations: Sequence[dict[str, Any]]) -> str:

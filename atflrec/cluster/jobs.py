@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import shlex
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from atflrec.config import ConfigError, read_yaml
+from atflrec.console import say
 from atflrec.errors import UserError
 
 if TYPE_CHECKING:
@@ -179,9 +179,8 @@ class Jobs:
         self.address = resolve_address(address)
         token = auth_token(self.address)
         if token and cleartext(self.address):
-            print(f"warning: sending the Ray cluster token to {self.address} over plain http: anyone on the path can "
-                  "read it. Use https (a TLS-terminating ingress or `kubectl port-forward` to 127.0.0.1)",
-                  file=sys.stderr, flush=True)
+            say(f"warning: sending the Ray cluster token to {self.address} over plain http: anyone on the path can "
+                "read it. Use https (a TLS-terminating ingress or `kubectl port-forward` to 127.0.0.1)", err=True)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         with _api_errors(self.address, "connect"), _only_address(self.address):
             self._client = JobSubmissionClient(self.address, headers=headers)

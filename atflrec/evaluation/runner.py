@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from atflrec.baselines import Context, Item, build_recommender
 from atflrec.baselines.base import RECOMMENDERS, Row, rows_key
 from atflrec.config import ConfigError, dump_config
+from atflrec.console import say
 from atflrec.errors import UserError
 from atflrec.evaluation.config import EvalConfig, Job, plan_jobs
 from atflrec.evaluation.outputs import (
@@ -336,14 +337,14 @@ def _run_jobs(jobs: list[Job], data: EvalData, out: Path, clock: float, tracking
             results += old
             # a later variant with the same settings reuses these rows, as it would in one uninterrupted run
             trained.setdefault(memo, [{k: v for k, v in r.items() if k not in fields} for r in old])
-            print(f"{label}: already in {RESULTS_FILE}, skipped", flush=True)
+            say(f"{label}: already in {RESULTS_FILE}, skipped")
             _track_job(tracking, job, label, old, reused=True)
             continue
         if (job.shots, job.seed) != block:  # a new few-shot draw: the shared work of the last one is done
             block, shared, draws = (job.shots, job.seed), {}, {}
             gc.collect()
         if memo not in trained:
-            print(f"{label} ...", flush=True)
+            say(f"{label} ...")
             if block not in draws:
                 draws[block] = few_shot(data.train, job.shots, job.seed).to_pylist()
             trained[memo] = _score_rows(job, data, draws[block], shared)
@@ -354,8 +355,7 @@ def _run_jobs(jobs: list[Job], data: EvalData, out: Path, clock: float, tracking
         scores = ", ".join(f"{r['split']} AUC {r['auc']:.3f}" for r in rows)
         if rows[0].get("chosen"):
             scores += f" (chose {rows[0]['chosen']}: val AUC {rows[0]['val_auc']:.3f})"
-        print(f"{label}: fit {rows[0]['fit_seconds']:.1f} s, {scores} (elapsed {_clock(time.perf_counter() - clock)})",
-              flush=True)
+        say(f"{label}: fit {rows[0]['fit_seconds']:.1f} s, {scores} (elapsed {_clock(time.perf_counter() - clock)})")
         _track_job(tracking, job, label, rows, reused=False)
     _write_results(out / RESULTS_FILE, results)
     return jobs_run
@@ -375,8 +375,8 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     data = prepare_data(config)
     jobs = plan_jobs(config)
-    print(f"evaluation: {len(jobs)} jobs; eval rows " + ", ".join(f"{k} {len(v)}" for k, v in data.evals.items())
-          + f"; writing to {out}", flush=True)
+    say(f"evaluation: {len(jobs)} jobs; eval rows " + ", ".join(f"{k} {len(v)}" for k, v in data.evals.items())
+        + f"; writing to {out}")
 
     _write_eval_rows(out / EVAL_ROWS_FILE, data)
     with tracked(config.tracking, kind="evaluation", name=f"evaluation {out.name}",
@@ -407,5 +407,5 @@ def run_evaluation(config: EvalConfig, out_dir: str | Path | None = None, comman
             tracking.log_file(out / name)
         for plot in sorted(out.glob("*.png")):
             tracking.log_file(plot, "plots")
-    print(f"report: {report}", flush=True)
+    say(f"report: {report}")
     return report

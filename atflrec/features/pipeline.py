@@ -52,6 +52,7 @@ import torch
 from pydantic import Field, field_validator
 
 from atflrec.config import StrictModel
+from atflrec.console import Progress, say
 from atflrec.data.format import DatasetError, UnsafeAudioPath, load_dataset, resolve_audio_path
 from atflrec.features import store
 from atflrec.features.audio import MAX_AUDIO_BYTES, MAX_AUDIO_SECONDS, BadAudio, decode, read_regular_file
@@ -267,8 +268,7 @@ def _run_pipeline(rows: list[dict[str, str]], data_root: str, store_uri: str, co
     # long clips per task that a task's float32 features stay within TASK_FEATURE_BYTES.
     clip_bytes = 4 * frame_count(clip_samples(config.clip_seconds)) * sum(config.n_mels)
     batch_size = max(1, min(config.batch_size, math.ceil(len(rows) / (2 * cpus)), TASK_FEATURE_BYTES // clip_bytes))
-    print(f"featurising {len(rows)} items with Ray Data on {cpus} CPUs ({math.ceil(len(rows) / batch_size)} tasks)",
-          flush=True)
+    say(f"featurising {len(rows)} items with Ray Data on {cpus} CPUs ({math.ceil(len(rows) / batch_size)} tasks)")
     results = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / batch_size)).map_batches(
         _featurise_batch,
         batch_size=batch_size,
@@ -281,8 +281,11 @@ def _run_pipeline(rows: list[dict[str, str]], data_root: str, store_uri: str, co
     # A single operator: Ray Data's per-operator reservation would only idle CPUs (on 2 CPUs it ran
     # one task at a time). This changes this dataset's own copy of the context, nothing global.
     results.context.op_resource_reservation_enabled = False
-    tables = ray.get(results.to_arrow_refs())
-    return pa.concat_tables([t.cast(RESULT_SCHEMA) for t in tables])
+    progress, tables = Progress("items featurised", len(rows)), []
+    for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):  # each task's results, as it ends
+        tables.append(table.cast(RESULT_SCHEMA))
+        progress.update(table.num_rows)
+    return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
 
 
 def _check_accounting(item_ids: list[str], results: pa.Table) -> Counter[str]:
@@ -344,8 +347,8 @@ def _build_locked(data_dir: str | Path, store_uri: str, config: FeatureConfig, d
     if previous is not None and not config.prune:
         kept = sorted(set(previous["params"]["n_mels"]) - set(config.n_mels))
         if kept:
-            print(f"note: keeping the store's {kept}-bin features too (a deployed model may read them; "
-                  "--prune drops them)", flush=True)
+            say(f"note: keeping the store's {kept}-bin features too (a deployed model may read them; "
+                "--prune drops them)")
             config = config.model_copy(update={"n_mels": sorted(set(config.n_mels) | set(kept))})
     params = feature_params(config)
     param_hash = _param_hash(params)
@@ -427,8 +430,8 @@ def _keep_missing(index: pa.Table, quarantine: pa.Table, old_index: pa.Table, re
             f"{len(lost)} stored item(s) have no readable audio now (e.g. {lost[0]['path']}: {lost[0]['detail']}); "
             "the feature parameters changed, so their features cannot be kept or recomputed. Mount the audio, "
             "or pass --prune to drop them")
-    print(f"warning: {len(lost)} stored item(s) have no readable audio now (e.g. {lost[0]['detail']}); "
-          "their features are kept (--prune drops them)", flush=True)
+    say(f"warning: {len(lost)} stored item(s) have no readable audio now (e.g. {lost[0]['detail']}); "
+        "their features are kept (--prune drops them)")
     lost_ids = {r["item_id"] for r in lost}
     kept = pa.Table.from_pylist([reusable[i] for i in sorted(lost_ids)], schema=store.INDEX_SCHEMA)
     remaining = pa.Table.from_pylist([r for r in rows if r["item_id"] not in lost_ids], schema=store.QUARANTINE_SCHEMA)

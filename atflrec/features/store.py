@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from atflrec.console import say
 from atflrec.errors import UserError
 from atflrec.io import atomic_write_bytes, atomic_write_text, fsync_dir
 
@@ -148,7 +149,7 @@ def writer_lock(store_uri: str):
     run says so). A second run fails at once, naming the holder, instead of deleting the first
     run's parts; a lock left by a dead process on this host is taken over."""
     if "://" in store_uri:
-        print(f"note: {store_uri} is remote: no writer lock; run one `atflrec features` at a time on it", flush=True)
+        say(f"note: {store_uri} is remote: no writer lock; run one `atflrec features` at a time on it")
         yield
         return
     root = os.path.abspath(store_uri)

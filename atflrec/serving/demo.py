@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from atflrec.console import say
 from atflrec.serving.config import APP_NAME, ServeArgs, ServeLaunch
 
 
@@ -47,15 +48,15 @@ def serve_and_query(artifact_dir: str | Path, dataset_dir: str | Path, features_
     connect(None)
     url = deploy(ServeLaunch(args, http_options={"host": "127.0.0.1", "port": port}))
     request = {"history": example_history(dataset_dir), "k": k}
-    print(f"POST {url}v1/recommend  (history of {len(request['history'])} items, k={k})", flush=True)
+    say(f"POST {url}v1/recommend  (history of {len(request['history'])} items, k={k})")
     start = time.perf_counter()
     answer = post_json(url + "v1/recommend", request)
     seconds = time.perf_counter() - start
-    print(f"  {seconds:.1f} s: the retrieval stage shortlisted {answer['retrieved']} of {answer['catalogue_size']} "
-          "items and the LLM re-ranked only those", flush=True)
+    say(f"  {seconds:.1f} s: the retrieval stage shortlisted {answer['retrieved']} of {answer['catalogue_size']} "
+        "items and the LLM re-ranked only those")
     for rank, item in enumerate(answer["items"], 1):
-        print(f"  {rank}. {item['item_id']}  {item['title']!r}  P(yes)={item['score']:.3f}  "
-              f"(retrieval rank {item['retrieval_rank']}, score {item['retrieval_score']:.3f})")
+        say(f"  {rank}. {item['item_id']}  {item['title']!r}  P(yes)={item['score']:.3f}  "
+            f"(retrieval rank {item['retrieval_rank']}, score {item['retrieval_score']:.3f})")
     if not keep_running:
         serve.delete(APP_NAME)
     return {"url": url, "request": request, "response": answer}

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from atflrec.config import ConfigError
+from atflrec.console import say
 from atflrec.errors import UserError
 from atflrec.features.store import absolute_uri, resolve
 from atflrec.ray_connect import connect
@@ -122,8 +123,8 @@ def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any
     datasets, train_items, n_train = build_datasets(config, final_splits)
     workers = config.scaling.num_workers
     if n_train % workers:
-        print(f"note: {n_train} training samples over {workers} workers: Ray Data gives each worker "
-              f"{n_train // workers} per epoch so that all step together; {n_train % workers} per epoch are left out")
+        say(f"note: {n_train} training samples over {workers} workers: Ray Data gives each worker "
+            f"{n_train // workers} per epoch so that all step together; {n_train % workers} per epoch are left out")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "deepspeed": ds_config,

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from atflrec.config import ConfigError
+from atflrec.console import say
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import save_artifact
 from atflrec.model.batch import Collator
@@ -168,7 +169,7 @@ def train_run(run: LocalRun, on_record: Callable[[dict[str, Any]], None] | None 
     result = TrainResult()
     val = run.eval_rows.get("val") or None
     if val is None:
-        print("no validation split among eval_splits: every stage keeps its last epoch, no early stopping", flush=True)
+        say("no validation split among eval_splits: every stage keeps its last epoch, no early stopping")
     for index, stage in enumerate(run.model.fusion.stages()):
         rows = stage_rows(stage, run.config.model.fusion, run.train_rows, val)
         loop = StageLoop(run.model, stage, rows, run.collator, run.config.optim, seed=run.config.seed,
@@ -178,7 +179,7 @@ def train_run(run: LocalRun, on_record: Callable[[dict[str, Any]], None] | None 
         losses, speed = stage_result.losses, stage_result.samples_per_s
         result.losses[stage.name], result.samples_per_s[stage.name] = losses, speed
         result.evaluations[stage.name] = stage_result.evaluations
-        print(f"stage {stage.name}: loss {losses[0]:.4f} → {losses[-1]:.4f}, {speed:.1f} samples/s", flush=True)
+        say(f"stage {stage.name}: loss {losses[0]:.4f} → {losses[-1]:.4f}, {speed:.1f} samples/s")
     run.model.configure_stage(None)
     return result
 
@@ -188,7 +189,7 @@ def evaluate_run(run: LocalRun) -> dict[str, dict[str, float]]:
     metrics = {}
     for split, rows in run.eval_rows.items():
         metrics[split] = evaluate(run.model, rows, run.collator, run.config.eval_batch_size, run.config.precision)
-        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()), flush=True)
+        say(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
     return metrics
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.train import UserCallback
 
+from atflrec.console import say
 from atflrec.tracking import ARTIFACT_PATH, BASE_MODEL, Run, RunRef, data_tags, split_metrics
 from atflrec.training.settings import TrainingSettings
 
@@ -50,5 +51,4 @@ class LogReports(UserCallback):
             self.run = self.run or Run.attach(self.ref)
             log_record(self.run, metrics[0])
         except Exception as exc:  # an unreachable tracking server must not end a training run
-            print(f"warning: could not log report to MLflow run {self.ref.run_id}: {type(exc).__name__}: {exc}",
-                  flush=True)
+            say(f"warning: could not log report to MLflow run {self.ref.run_id}: {type(exc).__name__}: {exc}")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from atflrec.console import say
 from atflrec.metrics import evaluate_scores
 from atflrec.model.artifact import load_weights, save_artifact
 from atflrec.model.batch import Batch
@@ -356,7 +357,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     # This worker's rows, read once and held in the training table's order (as the local loop holds
     # them), whatever order the shard delivered; the loop shuffles them per epoch.
     train_rows = table_order(rows_of(ray.train.get_dataset_shard("train")))
-    log = print if rank == 0 else (lambda *a, **k: None)
+    run_name = context.get_experiment_name()  # a Tune trial's run is named after the trial: lines say whose they are
+
+    def log(message: str, **_: Any) -> None:
+        if rank == 0:
+            say(f"{run_name}: {message}")
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32  # halves host memory for big models
 
@@ -427,9 +432,7 @@ def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features:
     metrics = {}
     for split in loop_config["final_splits"]:
         rows = rows_of(ray.train.get_dataset_shard(eval_dataset_name(split)))
-        metrics[split] = score_split(model, rows, collator, config, rank, world)[0]
-        if rank == 0:
-            print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()), flush=True)
+        metrics[split] = score_split(model, rows, collator, config, rank, world)[0]  # the driver prints them
     if rank != 0:
         return None
     return {"metrics": metrics, "best_checkpoint": best.path if best is not None else None}

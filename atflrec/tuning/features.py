@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from atflrec.config import build_config
+from atflrec.console import say
 from atflrec.features.pipeline import FeatureConfig, build_feature_store
 from atflrec.features.store import StoreError, read_manifest
 from atflrec.tuning.space import SearchPlan
@@ -35,11 +36,11 @@ def ensure_features(plan: SearchPlan) -> None:
         return
     clip = plan.space.feature_clip_seconds or (manifest["params"]["clip_seconds"] if manifest else None)
     if manifest is not None and not missing and clip == manifest["params"]["clip_seconds"]:
-        print(f"features: the store at {store} already holds Mel-bin counts {plan.n_mels}", flush=True)
+        say(f"features: the store at {store} already holds Mel-bin counts {plan.n_mels}")
         return
     settings = {"n_mels": sorted(set(held) | set(plan.n_mels)), "address": plan.space.address}
     if clip is not None:
         settings["clip_seconds"] = clip
     config = build_config(FeatureConfig, settings, "features for the search")
-    print(f"features: Mel-bin counts {config.n_mels} for the search, once, into {store}", flush=True)
-    print(build_feature_store(data, store, config).describe(), flush=True)
+    say(f"features: Mel-bin counts {config.n_mels} for the search, once, into {store}")
+    say(build_feature_store(data, store, config).describe())

@@ -18,6 +18,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from atflrec.console import say
+
 
 def remove_orphaned_placement_groups() -> int:
     """Remove this job's placement groups whose creating actor is dead; returns how many."""
@@ -51,9 +53,9 @@ class ReleaseOrphanedReservations(Callback):
         try:
             removed = remove_orphaned_placement_groups()
         except Exception as exc:  # Ray's private table changed shape: leave the reservations to Ray Train
-            print(f"warning: cannot read Ray's placement-group table ({type(exc).__name__}: {exc}); "
-                  "stopped trials' reservations are left to Ray Train's own cleaner", flush=True)
+            say(f"warning: cannot read Ray's placement-group table ({type(exc).__name__}: {exc}); "
+                "stopped trials' reservations are left to Ray Train's own cleaner")
             self.every_s = None
             return
         if removed:
-            print(f"released the reservations of {removed} Train run(s) whose trial had ended", flush=True)
+            say(f"released the reservations of {removed} Train run(s) whose trial had ended")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from atflrec.config import ConfigError, dump_config, load_config, read_yaml
+from atflrec.console import say
 from atflrec.ray_connect import connect
 from atflrec.tracking import ARTIFACT_PATH, Run, RunRef, split_metrics, tracked
 from atflrec.training.tracking import training_tags
@@ -36,6 +37,7 @@ from atflrec.training.worker import MODEL_EVALS
 from atflrec.tuning.features import ensure_features
 from atflrec.tuning.placement import ReleaseOrphanedReservations
 from atflrec.tuning.plots import asha_rungs, plot_curves, plot_knobs
+from atflrec.tuning.progress import TrialProgress
 from atflrec.tuning.results import (
     RESULTS,
     PruneStoppedTrials,
@@ -73,8 +75,8 @@ def concurrent_trials(plan: SearchPlan, cluster: dict[str, float]) -> int:
         if amount > 0:
             have = cluster.get(resource, 0.0)
             if have < amount:
-                print(f"note: each trial needs {resource} {amount:g} but the cluster has {have:g} now; "
-                      "trials wait for the autoscaler (set max_concurrent_trials for an autoscaling cluster)")
+                say(f"note: each trial needs {resource} {amount:g} but the cluster has {have:g} now; "
+                    "trials wait for the autoscaler (set max_concurrent_trials for an autoscaling cluster)")
             fits.append(math.floor(have / amount + 1e-9))
     return max(1, min(fits, default=1))
 
@@ -117,8 +119,8 @@ def _new_tuner(plan: SearchPlan, out: Path, search_run: RunRef | None) -> Any:
 
     runs = out / RUNS
     concurrency = concurrent_trials(plan, ray.cluster_resources())
-    print(f"search: {plan.space.num_samples} trials, {plan.space.scheduler}, {plan.space.search} search, "
-          f"at most {concurrency} at once; knobs: {', '.join(plan.knobs)}", flush=True)
+    say(f"search: {plan.space.num_samples} trials, {plan.space.scheduler}, {plan.space.search} search, "
+        f"at most {concurrency} at once; knobs: {', '.join(plan.knobs)}")
     search_alg, max_concurrent = _search_alg(plan, concurrency)
     return tune.Tuner(
         _trainable(plan, runs, search_run),
@@ -129,7 +131,7 @@ def _new_tuner(plan: SearchPlan, out: Path, search_run: RunRef | None) -> Any:
         ),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
                                   callbacks=[PruneStoppedTrials(plan.base, str(runs)),
-                                             ReleaseOrphanedReservations()]),
+                                             ReleaseOrphanedReservations(), TrialProgress(plan.space.num_samples)]),
     )
 
 
@@ -162,8 +164,7 @@ def _tuner(plan: SearchPlan, out: Path, resume: bool, search_run: RunRef | None)
     # would run a just-finished trial again on --resume. The state is small: save it every second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume:
-        print(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue",
-              flush=True)
+        say(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue")
         return tune.Tuner.restore(str(out / EXPERIMENT), _trainable(plan, out / RUNS, search_run),
                                   resume_unfinished=True, restart_errored=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,11 +237,11 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
         counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
         if run:
             _track_search(run, trials, counts, best, out, target)
-    print(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
-          f"{counts['error']} failed; "
-          f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)", flush=True)
-    print(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
-          f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})", flush=True)
-    print(f"results: {out / 'results.csv'}; plots: {out / PLOTS}; best: {target}", flush=True)
+    say(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
+        f"{counts['error']} failed; "
+        f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)")
+    say(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
+        f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})")
+    say(f"results: {out / 'results.csv'}; plots: {out / PLOTS}; best: {target}")
     return target
 

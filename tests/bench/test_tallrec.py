@@ -59,3 +59,24 @@ def test_results_have_one_key_per_size_run(bench: ModuleType, tmp_path) -> None:
                    "64": {"text_llm": 0.55, "user_rate": 0.6}}
     assert json.loads((tmp_path / "tallrec_book_detail.json").read_text())["text_llm_runs"] == detail["text_llm_runs"]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_a_rerun_extends_the_same_settings_and_refuses_others(bench: ModuleType, tmp_path) -> None:
+    out = tmp_path / "tallrec_book.json"
+    settings = {"base_model": "m", "test_rows": 10, "shots": [16], "seeds": [0, 1], "import_s": 0.5}
+    earlier = {"settings": settings, "user_rate_auc": 0.6, "note": "first", "finished": False,
+               "published_tallrec_book": {"values": bench.PUBLISHED_TALLREC_BOOK, "source": ""},
+               "text_llm_runs": [{"shots": 16, "seed": 0, "auc": 0.5}, {"shots": 16, "seed": 1, "auc": 0.7}]}
+    bench.write(argparse.Namespace(out=out), earlier)
+    args = argparse.Namespace(out=out)
+
+    rerun = {"settings": {**settings, "shots": [256], "seeds": [0], "import_s": 0.9}, "text_llm_runs": []}
+    assert bench.resume(args, rerun) == {(16, 0), (16, 1)}
+    assert rerun["text_llm_runs"] == earlier["text_llm_runs"]
+    assert (rerun["settings"]["shots"], rerun["settings"]["seeds"]) == ([16, 256], [0, 1])
+    assert rerun["earlier_invocations"][0]["note"] == "first"
+
+    other = {"settings": {**settings, "test_rows": 20}, "text_llm_runs": []}
+    with pytest.raises(SystemExit, match="other settings \\(test_rows\\)"):
+        bench.resume(args, other)
+    assert bench.resume(argparse.Namespace(out=tmp_path / "new.json"), other) == set()
