@@ -176,7 +176,9 @@ class FusionConfig(StrictModel):
         False, description="late fusion also weighs the history's like share (learned weight, starting at 0)")
     fit_on: Literal["train", "validation"] = Field(
         "train", description="rows the fusion stage trains on: the adapters' own training rows, or the held-out "
-                             "validation rows (stacking: an adapter is over-confident on the rows it was trained on)")
+                             "validation rows (stacking: an adapter is over-confident on the rows it was trained "
+                             "on); then the fusion stage's validation score is taken on the rows it fitted, "
+                             "optimistic for late_head's MLP (late_weighted fits four numbers)")
 
     @field_validator("strategy")
     @classmethod
