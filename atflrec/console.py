@@ -131,8 +131,8 @@ def quiet(log_file: Path) -> Iterator[Path]:
     """Send this process's stdout and stderr (file descriptors 1 and 2, so C libraries too) to
     ``log_file`` (appended to; created with its folder) while :func:`say` writes to the terminal.
 
-    An exception leaving the block is written to the log in full and named on the terminal's
-    stderr with the log's path; it is re-raised (so the CLI's exit codes hold)."""
+    An unexpected exception leaving the block is written to the log in full and the log's path is
+    named on the terminal's stderr; every exception is re-raised (so the CLI's exit codes hold)."""
     global _terminal
     if _terminal is not None:  # nested: the outer quiet() already routes everything
         yield log_file
@@ -157,7 +157,9 @@ def quiet(log_file: Path) -> Iterator[Path]:
         try:
             yield log_file
         except BaseException as exc:
-            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            from atflrec.errors import UserError
+
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit, UserError)):  # a UserError says it all
                 traceback.print_exc(file=sys.stderr)
                 sys.stderr.flush()
                 terminal_err.write(f"(the full output, traceback included, is in {log_file})\n")

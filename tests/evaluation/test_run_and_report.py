@@ -138,7 +138,8 @@ def test_cli_quick_run(bench, eval_mapping, tmp_path) -> None:
     eval_mapping["quick"] = {"shots": [8], "seeds": [1], "max_eval_samples": 12, "llm_max_steps": 1}
     path.write_text(yaml.safe_dump(eval_mapping))
     out = tmp_path / "out"
-    code = main(["evaluate", "--config", str(path), "--samples", str(bench["samples"]), "--out", str(out), "--quick"])
+    code = main(["evaluate", "--config", str(path), "--samples", str(bench["samples"]), "--out", str(out), "--quick",
+                 "--log-dir", str(tmp_path / "logs")])
     assert code == 0
     results = pd.read_parquet(out / "results.parquet")
     assert set(results["shots"]) == {8} and set(results["seed"]) == {1} and set(results["n_eval"]) == {12}

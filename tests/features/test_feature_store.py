@@ -225,16 +225,18 @@ def test_incremental_rerun_add_change_and_new_parameters(built, tmp_path: Path, 
     assert manifest["params"]["clip_seconds"] == 1.0 and manifest["last_run"]["counts"]["featurised"] == len(good) + 1
 
 
-def test_cli_features_prints_the_accounting(ray_cluster, tmp_path: Path, tone, make_dataset, capsys) -> None:
+def test_cli_features_prints_the_accounting(ray_cluster, tmp_path: Path, tone, make_dataset, capfd) -> None:
     data = tmp_path / "data"
     data.mkdir()
     sf.write(data / "a.wav", tone(1.0), 16000)
     (data / "b.wav").write_bytes(b"")
     make_dataset(data, {"a": "a.wav", "b": "b.wav"})
     code = main(["features", "--data", str(data), "--out", str(tmp_path / "store"), "--n-mels", "40,80",
-                 "--clip-seconds", "1", "batch_size=8"])
-    out = capsys.readouterr().out
+                 "--clip-seconds", "1", "batch_size=8", "--log-dir", str(tmp_path / "logs")])
+    out = capfd.readouterr().out  # quiet mode: our lines on the terminal (fd 1), Ray's in the log
     assert code == 0
+    [log] = (tmp_path / "logs").glob("atflrec-features-*.log")
+    assert "featurising 2 items" not in log.read_text()
     assert "2 input items = 1 featurised + 0 already stored + 1 quarantined" in out
     assert "1 empty" in out
     assert sorted(load_features(str(tmp_path / "store"), 80)) == ["a"]

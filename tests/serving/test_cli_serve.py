@@ -13,16 +13,16 @@ from atflrec.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_atflrec_serve_deploys_the_local_config(serve_port, serving_data, artifacts, tmp_path, capsys) -> None:
+def test_atflrec_serve_deploys_the_local_config(serve_port, serving_data, artifacts, tmp_path, capfd) -> None:
     code = main([
         "serve", "--config", str(ROOT / "serve/local.yaml"), "--checkpoint", f"tiny={artifacts['early']}",
         "--checkpoint", str(artifacts["late_head"]), "--data", str(serving_data["dataset"]),
         "--features", str(serving_data["features"]), "--port", str(serve_port), "--no-blocking",
-        f"items_dir={tmp_path / 'items'}", "limits.max_k=3",
+        f"items_dir={tmp_path / 'items'}", "limits.max_k=3", "--log-dir", str(tmp_path / "logs"),
     ])
     try:
         assert code == 0
-        assert f"http://127.0.0.1:{serve_port}/" in capsys.readouterr().out
+        assert f"http://127.0.0.1:{serve_port}/" in capfd.readouterr().out
         base = f"http://127.0.0.1:{serve_port}"
         assert httpx.get(f"{base}/healthz", timeout=60).json()["models"] == ["tiny", "late_head"]
         info = httpx.get(f"{base}/v1/model", timeout=60).json()
@@ -34,7 +34,8 @@ def test_atflrec_serve_deploys_the_local_config(serve_port, serving_data, artifa
 
 def test_atflrec_serve_refuses_a_missing_checkpoint_before_deploying(serving_data, tmp_path, capsys) -> None:
     code = main(["serve", "--config", str(ROOT / "serve/local.yaml"), "--checkpoint", str(tmp_path / "nothing"),
-                 "--data", str(serving_data["dataset"]), "--features", str(serving_data["features"]), "--no-blocking"])
+                 "--data", str(serving_data["dataset"]), "--features", str(serving_data["features"]), "--no-blocking",
+                 "--log-dir", str(tmp_path / "logs")])
     assert code == 2
     assert "is not an ATFLRec artifact" in capsys.readouterr().err
 

@@ -132,7 +132,7 @@ def test_asha_compares_trials_on_whole_model_validations_only() -> None:
 def test_the_cli_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"base": "train/cpu", "space": {"model.encoder.pool": ["max"]}}))
-    assert main(["tune", "--space", str(space), "--out", str(tmp_path / "out")]) == 2
+    assert main(["tune", "--space", str(space), "--out", str(tmp_path / "out"), "--log-dir", str(tmp_path)]) == 2
     assert "model.encoder.pool: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing ran
 
@@ -140,7 +140,7 @@ def test_the_cli_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_the_search_needs_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"space": {"model.lora.r": [4, 8]}}))
-    assert main(["tune", "--space", str(space), "--num-samples", "2"]) == 2
+    assert main(["tune", "--space", str(space), "--num-samples", "2", "--log-dir", str(tmp_path)]) == 2
     assert "train.samples: set the samples directory" in capsys.readouterr().err
 
 
