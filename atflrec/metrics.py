@@ -1,9 +1,9 @@
-"""Ranking and calibration metrics: AUC, GAUC, log loss (numpy in, float out)."""
+"""Ranking and calibration metrics: AUC, GAUC, log loss, NDCG@k, Recall@k (numpy or lists in, float out)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Hashable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -48,6 +48,24 @@ def log_loss(labels: Sequence[float], probabilities: Sequence[float], eps: float
 def evaluate_scores(labels: Sequence[float], scores: Sequence[float], users: Sequence[str]) -> dict[str, float]:
     """All three metrics by name (``scores`` are probabilities)."""
     return {"auc": auc(labels, scores), "gauc": gauc(labels, scores, users), "log_loss": log_loss(labels, scores)}
+
+
+def ndcg_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> float:
+    """Binary-relevance NDCG@k of one ranking (best first): the DCG of the relevant items among its
+    first ``k`` over the best DCG any ranking could reach (every relevant item first). NaN without
+    relevant items."""
+    if not relevant:
+        return float("nan")
+    gains = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = sum(gains[n] for n, item in enumerate(ranked[:k]) if item in relevant)
+    return float(dcg / gains[: min(len(relevant), k)].sum())
+
+
+def recall_at_k(ranked: Sequence[Hashable], relevant: Collection[Hashable], k: int) -> float:
+    """Share of the relevant items among the first ``k`` of a ranking. NaN without relevant items."""
+    if not relevant:
+        return float("nan")
+    return len(set(ranked[:k]) & set(relevant)) / len(relevant)
 
 
 def users_with_both_labels(labels: Sequence[float], users: Sequence[str]) -> int:

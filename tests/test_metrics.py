@@ -3,7 +3,15 @@ import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from atflrec.metrics import auc, gauc, log_loss, paired_bootstrap_auc, users_with_both_labels
+from atflrec.metrics import (
+    auc,
+    gauc,
+    log_loss,
+    ndcg_at_k,
+    paired_bootstrap_auc,
+    recall_at_k,
+    users_with_both_labels,
+)
 
 
 @pytest.fixture
@@ -60,3 +68,23 @@ def test_paired_bootstrap_separates_a_better_model_from_an_equal_one() -> None:
                                                  - np.mean([auc(labels, s) for s in noise]))
     same = paired_bootstrap_auc(labels, good[:1], [good[0] + 1e-9 * rng.normal(size=300)], resamples=500)
     assert abs(same["difference"]) < 0.01 and same["ci_low"] <= 0 <= same["ci_high"] and same["p_value"] > 0.05
+
+
+def test_ndcg_at_k_by_hand() -> None:
+    ranked = ["a", "b", "c", "d"]
+    assert ndcg_at_k(ranked, {"a"}, 3) == 1.0
+    assert ndcg_at_k(ranked, {"b"}, 3) == pytest.approx(1 / np.log2(3))
+    # two relevant items at ranks 1 and 3, against both at ranks 1 and 2
+    assert ndcg_at_k(ranked, {"a", "c"}, 3) == pytest.approx((1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
+    assert ndcg_at_k(ranked, {"d"}, 3) == 0.0  # beyond the cut
+    # more relevant items than k: the ideal ranking fills all k places
+    assert ndcg_at_k(ranked, {"a", "b", "c", "d"}, 2) == 1.0
+    assert np.isnan(ndcg_at_k(ranked, set(), 3))
+
+
+def test_recall_at_k_counts_the_relevant_items_within_the_cut() -> None:
+    ranked = ["a", "b", "c", "d"]
+    assert recall_at_k(ranked, {"a", "d"}, 3) == 0.5
+    assert recall_at_k(ranked, {"a", "d"}, 4) == 1.0
+    assert recall_at_k(ranked, {"x"}, 4) == 0.0
+    assert np.isnan(recall_at_k(ranked, [], 4))

@@ -42,7 +42,7 @@ from atflrec.model.prefix import Query
 from atflrec.serving.catalogue import Catalogue, ItemExists, NotColdItem
 from atflrec.serving.config import DEPLOYMENT, ServeArgs
 from atflrec.serving.metrics import ServingMetrics
-from atflrec.serving.retrieval import catalogue_index, sync
+from atflrec.serving.retrieval import ItemIndex, catalogue_index, sync
 from atflrec.serving.schemas import (
     DeletedItem,
     ErrorResponse,
@@ -193,6 +193,13 @@ def build_query(catalogue: Catalogue, history: Sequence[HistoryEntry], candidate
     )
 
 
+def retrieve_shortlist(index: ItemIndex, history: Sequence[HistoryEntry], n: int) -> list[tuple[str, float]]:
+    """The retrieval stage of ``/v1/recommend``: the ``n`` items the index ranks best for the history
+    (best first, with their retrieval scores), none of them in the history."""
+    return index.retrieve([h.item_id for h in history if h.liked], [h.item_id for h in history if not h.liked],
+                          n, exclude=[h.item_id for h in history])
+
+
 @serve.deployment(name=DEPLOYMENT, max_ongoing_requests=32, health_check_period_s=10,
                   max_queued_requests=MAX_QUEUED_REQUESTS,
                   backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S))
@@ -321,11 +328,8 @@ class Recommender:
         self.catalogue.refresh()
         sync(self.index, self.catalogue)
         build_query(self.catalogue, body.history, [], "catalogue")  # unknown history ids: a 422 before any work
-        seen = [h.item_id for h in body.history]
         with self.metrics.timed("retrieval"):
-            shortlist = self.index.retrieve([h.item_id for h in body.history if h.liked],
-                                            [h.item_id for h in body.history if not h.liked],
-                                            max(self.args.retrieval.rerank_candidates, body.k), exclude=seen)
+            shortlist = retrieve_shortlist(self.index, body.history, max(self.args.retrieval.rerank_candidates, body.k))
         self.metrics.retrieved.inc(len(shortlist))
         if not shortlist:
             raise RequestError(422, "history", "the history covers the whole catalogue; nothing is left to recommend")
