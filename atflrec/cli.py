@@ -1,52 +1,124 @@
 """``atflrec <verb>``: one command-line entry point whose verbs follow the pipeline stages.
 
-Verbs that take a config accept ``--config FILE`` plus trailing ``key=value`` overrides; the
-flags shown in ``--help`` are shorthands for the most common keys. Heavy libraries are imported
-inside the handlers so ``atflrec --help`` stays fast.
+Verbs that take a config accept ``--config FILE`` plus trailing ``key=value`` overrides; their
+flags are shorthands for the most common keys, named, typed and described by the config's own
+fields (imported only when such a flag is given or help is shown). Each verb's flags sit next to
+its handler. Heavy libraries are imported inside the handlers so ``atflrec --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from atflrec.console import say
 from atflrec.errors import UserError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
     from atflrec.cluster.jobs import Jobs
 
 Handler = Callable[[argparse.Namespace], int]
-M = TypeVar("M", bound="BaseModel")
+Subparsers = Any  # argparse's _SubParsersAction, private
 
 
-def _with_shorthands(args: argparse.Namespace, shorthands: tuple[str, ...]) -> list[str]:
-    """Turn shorthand flags that were given into ``key=value`` overrides (explicit overrides win).
-    Each shorthand flag is named after the config key it sets."""
-    given = [f"{key}={getattr(args, key)}" for key in shorthands if getattr(args, key, None) is not None]
-    return given + list(args.overrides)
+# --- flags from config fields ----------------------------------------------------------------
+
+def _config_model(ref: str) -> type[BaseModel]:
+    """``"module:Class"``, imported (config modules pull in torch or Ray: only when needed)."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _stage_config(args: argparse.Namespace, model: type[M], shorthands: tuple[str, ...]) -> M:
-    """The verb's config: ``--config`` file, then shorthand flags, then ``key=value`` overrides."""
+def _field(ref: str, key: str) -> FieldInfo:
+    return _config_model(ref).model_fields[key]
+
+
+class FieldValue:
+    """argparse ``type`` of a flag that sets a config key: checks the text against the field's
+    type when the flag is given (a Literal's choices, numbers) and returns its value (a number
+    field's as a number); a list field takes comma-separated items."""
+
+    def __init__(self, ref: str, key: str) -> None:
+        self.ref, self.key = ref, key
+        self.__name__ = key  # argparse names the type in its error messages
+
+    def __call__(self, text: str) -> str | int | float:
+        annotation = _field(self.ref, self.key).annotation
+        kind = annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None -> X
+            kind = next(a for a in typing.get_args(annotation) if a is not type(None))
+        if typing.get_origin(kind) is typing.Literal and text not in typing.get_args(kind):
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(map(str, typing.get_args(kind)))}")
+        if typing.get_origin(kind) is list:
+            return "[" + text + "]"  # "40,80" -> the YAML list [40,80]
+        if kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                wanted = "an integer" if kind is int else "a number"
+                raise argparse.ArgumentTypeError(f"not {wanted}: {text!r}") from None
+        return text
+
+
+class HelpFromConfig(argparse.HelpFormatter):
+    """The help of a config-key flag is the field's description: one text for the flag and the YAML."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action.type, FieldValue):
+            return _field(action.type.ref, action.type.key).description
+        return super()._get_help_string(action)
+
+
+def _config_flags(parser: argparse.ArgumentParser, ref: str, keys: tuple[str, ...], with_file: bool = True) -> None:
+    """A flag per config key in ``keys`` and (``with_file``) ``--config`` and trailing
+    ``key=value`` overrides: what :func:`_stage_config` turns into the verb's config."""
+    if with_file:
+        parser.add_argument("--config", help="YAML config: a shipped one's name (atflrec configs list) or a file")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
+    for key in keys:
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=FieldValue(ref, key), help="(the config's)")
+    parser.set_defaults(config_model=ref, shorthands=keys)
+
+
+def _stage_config(args: argparse.Namespace) -> Any:
+    """The verb's config: ``--config`` file, then the flags given, then ``key=value`` overrides
+    (which win)."""
     from atflrec.config import load_config
 
-    return load_config(model, args.config, _with_shorthands(args, shorthands))
+    given = [f"{key}={getattr(args, key)}" for key in args.shorthands if getattr(args, key, None) is not None]
+    return load_config(_config_model(args.config_model), args.config, given + list(args.overrides))
 
 
-# --- data -----------------------------------------------------------------------------------
+def _verb(verbs: Subparsers, name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
+    parser = verbs.add_parser(name, help=text, formatter_class=HelpFromConfig)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    """The long verbs print only their own lines; other programs' output goes to a log file."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print Ray's, DeepSpeed's and transformers' output here too (default: to the log)")
+    parser.add_argument("--log-dir", help="folder of the log file (default: runs/logs; the demo's: WORKDIR/logs)")
+
+
+# --- data ------------------------------------------------------------------------------------------
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from atflrec.data.synth import SynthConfig, generate
+    from atflrec.data.synth import generate
 
-    config = _stage_config(args, SynthConfig, ("users", "items", "seed"))
+    config = _stage_config(args)
     summary = generate(config, args.out)
     say(summary.describe())
     return 0
@@ -61,9 +133,9 @@ def _data_validate(args: argparse.Namespace) -> int:
 
 
 def _data_import_microlens(args: argparse.Namespace) -> int:
-    from atflrec.data.microlens import MicroLensImportConfig, import_microlens
+    from atflrec.data.microlens import import_microlens
 
-    config = _stage_config(args, MicroLensImportConfig, ("negatives_per_positive", "seed"))
+    config = _stage_config(args)
     summary = import_microlens(args.src, args.out, config)
     say(summary.describe())
     return 0
@@ -77,33 +149,93 @@ def _data_import_instructions(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- samples and single-process training ---------------------------------------------------
+def _data_parsers(verbs: Subparsers) -> None:
+    data = verbs.add_parser("data", help="create, import and validate datasets")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+
+    synth = _verb(data_verbs, "synth", _data_synth, "write the built-in benchmark dataset")
+    synth.add_argument("--out", required=True, help="output dataset directory")
+    _config_flags(synth, "atflrec.data.synth:SynthConfig", ("users", "items", "seed"))
+
+    validate = _verb(data_verbs, "validate", _data_validate, "check a dataset directory; non-zero exit if unusable")
+    validate.add_argument("dir", help="dataset directory")
+
+    microlens = _verb(data_verbs, "import-microlens", _data_import_microlens, "import MicroLens's published layout")
+    microlens.add_argument("src", help="MicroLens directory (pairs CSV, titles CSV, videos or audio)")
+    microlens.add_argument("--out", required=True, help="output dataset directory")
+    _config_flags(microlens, "atflrec.data.microlens:MicroLensImportConfig", ("negatives_per_positive", "seed"))
+
+    instructions = _verb(data_verbs, "import-instructions", _data_import_instructions,
+                         "import Alpaca-style instruction JSON (TALLRec) as text-only samples")
+    instructions.add_argument("file", help="JSON list of {instruction, input, output} records")
+    instructions.add_argument("--out", required=True, help="samples directory (one Parquet file per split)")
+    instructions.add_argument("--split", default="train", help="split to write (default: train)")
+
+
+# --- features --------------------------------------------------------------------------------------
+
+def _features(args: argparse.Namespace) -> int:
+    from atflrec.features.pipeline import build_feature_store
+
+    config = _stage_config(args)
+    summary = build_feature_store(args.data, args.out, config)
+    say(summary.describe())
+    return 0
+
+
+def _features_parser(verbs: Subparsers) -> None:
+    features = _verb(verbs, "features", _features, "Kaldi Mel filter-bank features into a Parquet store (Ray Data)")
+    features.add_argument("--data", required=True, help="dataset directory (format v1)")
+    features.add_argument("--out", required=True, help="feature store: local path or URI (s3://, gs://)")
+    _config_flags(features, "atflrec.features.pipeline:FeatureConfig", ("n_mels", "clip_seconds", "address"))
+    features.add_argument("--prune", action="store_const", const="true", dest="prune",
+                          help="drop stored items whose audio is missing now and Mel-bin counts not in --n-mels")
+    features.set_defaults(shorthands=("n_mels", "clip_seconds", "address", "prune"))
+    _add_output_args(features)
+
+
+# --- samples and single-process training -----------------------------------------------------------
 
 def _samples(args: argparse.Namespace) -> int:
     from atflrec.data.format import load_dataset
-    from atflrec.samples import SampleConfig, make_samples
+    from atflrec.samples import make_samples
 
-    config = _stage_config(args, SampleConfig, ("history_len", "seed"))
+    config = _stage_config(args)
     counts = make_samples(load_dataset(args.data), args.out, config)
     say(", ".join(f"{split} {n}" for split, n in counts.items()) + f" samples in {args.out}")
     return 0
 
 
-def _train_local(args: argparse.Namespace) -> int:
-    from atflrec.training.local import LocalTrainConfig, train_local
+def _samples_parser(verbs: Subparsers) -> None:
+    samples = _verb(verbs, "samples", _samples, "instruction samples with warm and cold-start splits")
+    samples.add_argument("--data", required=True, help="dataset directory (format v1)")
+    samples.add_argument("--out", required=True, help="samples directory to write")
+    _config_flags(samples, "atflrec.samples:SampleConfig", ("history_len", "seed"))
 
-    config = _stage_config(args, LocalTrainConfig, ("samples", "features", "out", "shots", "seed"))
+
+def _train_local(args: argparse.Namespace) -> int:
+    from atflrec.training.local import train_local
+
+    config = _stage_config(args)
     result = train_local(config)
     if result.artifact is not None:
         say(f"artifact: {result.artifact}")
     return 0
 
 
+def _train_local_parser(verbs: Subparsers) -> None:
+    train_local = _verb(verbs, "train-local", _train_local, "train and evaluate one model in this process (no Ray)")
+    _config_flags(train_local, "atflrec.training.local:LocalTrainConfig",
+                  ("samples", "features", "out", "shots", "seed"))
+    _add_output_args(train_local)
+
+
+# --- Ray Train and Ray Tune ------------------------------------------------------------------------
+
 def _train(args: argparse.Namespace) -> int:
     from atflrec.training.distributed import train
-    from atflrec.training.distributed_config import TrainConfig
 
-    config = _stage_config(args, TrainConfig, ("samples", "features", "out", "address"))
+    config = _stage_config(args)
     outcome = train(config, resume=args.resume)
     say(f"run: {outcome.run_path}")
     if outcome.resumed_from is not None:
@@ -118,29 +250,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_parser(verbs: Subparsers) -> None:
+    train = _verb(verbs, "train", _train, "fine-tune with Ray Train and DeepSpeed (any number of workers)")
+    _config_flags(train, "atflrec.training.distributed_config:TrainConfig", ("samples", "features", "out", "address"))
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run named run.name from its latest checkpoint")
+    _add_output_args(train)
+
+
 def _tune(args: argparse.Namespace) -> int:
     from atflrec.tuning.search import run_search
-    from atflrec.tuning.space import TuneSpace
 
-    space = _stage_config(args, TuneSpace, ("num_samples", "scheduler", "search", "address", "out", "data"))
+    space = _stage_config(args)
     run_search(space, resume=args.resume)
     return 0
 
 
-# --- features -------------------------------------------------------------------------------
+def _tune_parser(verbs: Subparsers) -> None:
+    tune = _verb(verbs, "tune", _tune, "hyperparameter search with Ray Tune (each trial a Ray Train run)")
+    tune.add_argument("--space", dest="config", required=True, metavar="NAME|FILE",
+                      help="search space: a shipped one's name (e.g. tune/default) or a file")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="overrides of the space's keys, e.g. train.samples=DIR")
+    _config_flags(tune, "atflrec.tuning.space:TuneSpace",
+                  ("num_samples", "scheduler", "search", "address", "data", "out"), with_file=False)
+    tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
+    _add_output_args(tune)
 
-def _features(args: argparse.Namespace) -> int:
-    from atflrec.features.pipeline import FeatureConfig, build_feature_store
 
-    if args.n_mels is not None:
-        args.n_mels = "[" + args.n_mels + "]"  # "40,80" -> YAML list [40,80]
-    config = _stage_config(args, FeatureConfig, ("n_mels", "clip_seconds", "address", "prune"))
-    summary = build_feature_store(args.data, args.out, config)
-    say(summary.describe())
-    return 0
-
-
-# --- shipped configs ------------------------------------------------------------------------
+# --- shipped configs -------------------------------------------------------------------------------
 
 SUMMARY_WIDTH = 100
 
@@ -177,7 +315,15 @@ def _configs(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- model ----------------------------------------------------------------------------------
+def _configs_parser(verbs: Subparsers) -> None:
+    configs = _verb(verbs, "configs", _configs, "the shipped configs (name them with --config / --space)")
+    config_actions = configs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_actions.add_parser("list", help="every shipped config's name and summary")
+    show = config_actions.add_parser("show", help="print a shipped config (e.g. to start your own from it)")
+    show.add_argument("name", help="its name, e.g. train/cpu")
+
+
+# --- model -----------------------------------------------------------------------------------------
 
 def _model_fetch(args: argparse.Namespace) -> int:
     from atflrec.base_model.fetch import DEFAULT_MODEL, fetch_model
@@ -187,7 +333,16 @@ def _model_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- cluster: pipeline verbs as Ray jobs ---------------------------------------------------
+def _model_parser(verbs: Subparsers) -> None:
+    model = verbs.add_parser("model", help="base models")
+    model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")
+    fetch = _verb(model_verbs, "fetch", _model_fetch, "fetch a base model into the local cache")
+    fetch.add_argument("name", nargs="?", help="model name (default: the built-in SmolLM2-135M-Instruct)")
+    fetch.add_argument("--cache-dir", help="cache directory (default: ~/.cache/atflrec/models)")
+    fetch.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+
+# --- cluster: pipeline verbs as Ray jobs -----------------------------------------------------------
 
 def _add_submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 "
@@ -265,179 +420,7 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- evaluation -----------------------------------------------------------------------------
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from atflrec.evaluation import EvalConfig, quick_config, run_evaluation
-
-    shorthands = ("samples", "features", "data", "out")
-    config = _stage_config(args, EvalConfig, shorthands)
-    if args.quick:
-        config = quick_config(config)
-    command = ["atflrec evaluate"] + ([f"--config {args.config}"] if args.config else [])
-    command += [f"--{key} {getattr(args, key)}" for key in shorthands if getattr(args, key) is not None]
-    command += (["--quick"] if args.quick else []) + (["--replace"] if args.replace else []) + list(args.overrides)
-    run_evaluation(config, command=" ".join(command), replace=args.replace)
-    return 0
-
-
-# --- serving --------------------------------------------------------------------------------
-
-def _serve(args: argparse.Namespace) -> int:
-    import os
-
-    import ray
-
-    from atflrec.ray_connect import connect
-    from atflrec.serving.config import load_serve_config
-    from atflrec.serving.launch import checkpoint_overrides, deploy, serve_until_interrupted
-
-    launch = load_serve_config(args.config, checkpoint_overrides(args.checkpoint or (), args.data, args.features)
-                               + list(args.overrides))
-    if args.port is not None:
-        launch.http_options["port"] = args.port
-    if not args.blocking and not (args.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
-        raise UserError("--no-blocking leaves the app on a running cluster: give --address (e.g. auto)")
-    connect(args.address)
-    url = deploy(launch)
-    say(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)")
-    if args.blocking:
-        say("Ctrl-C stops it")
-        serve_until_interrupted(launch.name)
-    return 0
-
-
-# --- demo -----------------------------------------------------------------------------------
-
-def _demo(args: argparse.Namespace) -> int:
-    from atflrec.demo import DemoConfig, run_demo
-
-    config = _stage_config(args, DemoConfig, ("workdir",))
-    if args.keep_serving:
-        config = config.model_copy(update={"keep_serving": True})
-    run_demo(config)
-    return 0
-
-
-def _add_output_args(parser: argparse.ArgumentParser) -> None:
-    """The long verbs print only their own lines; other programs' output goes to a log file."""
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="print Ray's, DeepSpeed's and transformers' output here too (default: to the log)")
-    parser.add_argument("--log-dir", help="folder of the log file (default: runs/logs; the demo's: WORKDIR/logs)")
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config: a shipped one's name (atflrec configs list) or a file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. users=200")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atflrec", description=__doc__.splitlines()[0])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    data = verbs.add_parser("data", help="create, import and validate datasets")
-    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
-
-    synth = data_verbs.add_parser("synth", help="write the built-in benchmark dataset")
-    synth.add_argument("--out", required=True, help="output dataset directory")
-    synth.add_argument("--users", type=int, help="number of users")
-    synth.add_argument("--items", type=int, help="number of items")
-    synth.add_argument("--seed", type=int, help="random seed")
-    _add_config_args(synth)
-    synth.set_defaults(handler=_data_synth)
-
-    validate = data_verbs.add_parser("validate", help="check a dataset directory; non-zero exit if unusable")
-    validate.add_argument("dir", help="dataset directory")
-    validate.set_defaults(handler=_data_validate)
-
-    microlens = data_verbs.add_parser("import-microlens", help="import MicroLens's published layout")
-    microlens.add_argument("src", help="MicroLens directory (pairs CSV, titles CSV, videos or audio)")
-    microlens.add_argument("--out", required=True, help="output dataset directory")
-    microlens.add_argument("--negatives-per-positive", type=float, help="sampled negatives per interaction")
-    microlens.add_argument("--seed", type=int, help="random seed for negative sampling")
-    _add_config_args(microlens)
-    microlens.set_defaults(handler=_data_import_microlens)
-
-    instructions = data_verbs.add_parser(
-        "import-instructions", help="import Alpaca-style instruction JSON (TALLRec) as text-only samples"
-    )
-    instructions.add_argument("file", help="JSON list of {instruction, input, output} records")
-    instructions.add_argument("--out", required=True, help="samples directory (one Parquet file per split)")
-    instructions.add_argument("--split", default="train", help="split to write (default: train)")
-    instructions.set_defaults(handler=_data_import_instructions)
-
-    features = verbs.add_parser("features", help="Kaldi Mel filter-bank features into a Parquet store (Ray Data)")
-    features.add_argument("--data", required=True, help="dataset directory (format v1)")
-    features.add_argument("--out", required=True, help="feature store: local path or URI (s3://, gs://)")
-    features.add_argument("--n-mels", help="comma-separated Mel-bin counts, e.g. 40,64,80,128")
-    features.add_argument("--clip-seconds", type=float, help="crop or pad every clip to this length")
-    features.add_argument("--address", help="Ray cluster address (e.g. auto); default starts Ray locally")
-    features.add_argument("--prune", action="store_true", default=None,
-                          help="drop stored items whose audio is missing now and Mel-bin counts not in --n-mels")
-    _add_config_args(features)
-    _add_output_args(features)
-    features.set_defaults(handler=_features)
-
-    samples = verbs.add_parser("samples", help="instruction samples with warm and cold-start splits")
-    samples.add_argument("--data", required=True, help="dataset directory (format v1)")
-    samples.add_argument("--out", required=True, help="samples directory to write")
-    samples.add_argument("--history-len", type=int, help="earlier interactions per history (default 10)")
-    samples.add_argument("--seed", type=int, help="seed for choosing the cold-start items")
-    _add_config_args(samples)
-    samples.set_defaults(handler=_samples)
-
-    train_local = verbs.add_parser("train-local", help="train and evaluate one model in this process (no Ray)")
-    train_local.add_argument("--samples", help="samples directory")
-    train_local.add_argument("--features", help="feature store URI (unset: no audio)")
-    train_local.add_argument("--out", help="artifact directory to write")
-    train_local.add_argument("--shots", type=int, help="few-shot training set size")
-    train_local.add_argument("--seed", type=int, help="seed for the draw, initialisation and shuffling")
-    _add_config_args(train_local)
-    _add_output_args(train_local)
-    train_local.set_defaults(handler=_train_local)
-
-    train = verbs.add_parser("train", help="fine-tune with Ray Train and DeepSpeed (any number of workers)")
-    train.add_argument("--samples", help="samples directory")
-    train.add_argument("--features", help="feature store URI (unset: no audio)")
-    train.add_argument("--out", help="export the best checkpoint to this directory")
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run named run.name from its latest checkpoint")
-    _add_config_args(train)
-    _add_output_args(train)
-    train.set_defaults(handler=_train)
-
-    tune = verbs.add_parser("tune", help="hyperparameter search with Ray Tune (each trial a Ray Train run)")
-    tune.add_argument("--space", dest="config", required=True, metavar="NAME|FILE",
-                      help="search space: a shipped one's name (e.g. tune/default) or a file")
-    tune.add_argument("--num-samples", type=int, help="trials to run")
-    tune.add_argument("--scheduler", choices=["asha", "fifo"],
-                      help="asha stops weak trials early; fifo runs all to the end")
-    tune.add_argument("--search", choices=["random", "optuna"], help="how trials are sampled")
-    tune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
-    tune.add_argument("--data", help="dataset dir: build the feature store for every Mel-bin count of the space first")
-    tune.add_argument("--out", help="output dir (search state, trials, results, plots, best/)")
-    tune.add_argument("--resume", action="store_true", help="continue the search in --out; finished trials are kept")
-    tune.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="overrides of the space's keys, e.g. train.samples=DIR")
-    _add_output_args(tune)
-    tune.set_defaults(handler=_tune)
-
-    configs = verbs.add_parser("configs", help="the shipped configs (name them with --config / --space)")
-    config_actions = configs.add_subparsers(dest="action", required=True, metavar="ACTION")
-    config_actions.add_parser("list", help="every shipped config's name and summary")
-    show = config_actions.add_parser("show", help="print a shipped config (e.g. to start your own from it)")
-    show.add_argument("name", help="its name, e.g. train/cpu")
-    configs.set_defaults(handler=_configs)
-
-    model = verbs.add_parser("model", help="base models")
-    model_verbs = model.add_subparsers(dest="model_verb", required=True, metavar="ACTION")
-    fetch = model_verbs.add_parser("fetch", help="fetch a base model into the local cache")
-    fetch.add_argument("name", nargs="?", help="model name (default: the built-in SmolLM2-135M-Instruct)")
-    fetch.add_argument("--cache-dir", help="cache directory (default: ~/.cache/atflrec/models)")
-    fetch.add_argument("--force", action="store_true", help="rebuild even if cached")
-    fetch.set_defaults(handler=_model_fetch)
-
+def _cluster_parsers(verbs: Subparsers) -> None:
     submit = verbs.add_parser(
         "submit", help="run a pipeline verb as a Ray job on a cluster (Ray Jobs API)",
         usage="atflrec submit [--address URL] [--runtime-env FILE] [--job-id ID] [--wait] VERB [ARGS...]",
@@ -463,19 +446,59 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
         job.set_defaults(handler=_jobs)
 
-    evaluate = verbs.add_parser("evaluate", help="baselines, ATFLRec and ablations on warm and cold-start splits; "
-                                "results.parquet, report.md, plots")
-    evaluate.add_argument("--samples", help="samples directory")
-    evaluate.add_argument("--features", help="feature store (unset: no audio)")
-    evaluate.add_argument("--data", help="dataset directory for titles and tags (default: the samples' source)")
-    evaluate.add_argument("--out", help="output directory (a rerun skips finished jobs)")
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from atflrec.evaluation import quick_config, run_evaluation
+
+    config = _stage_config(args)
+    if args.quick:
+        config = quick_config(config)
+    command = ["atflrec evaluate"] + ([f"--config {args.config}"] if args.config else [])
+    command += [f"--{key} {getattr(args, key)}" for key in args.shorthands if getattr(args, key) is not None]
+    command += (["--quick"] if args.quick else []) + (["--replace"] if args.replace else []) + list(args.overrides)
+    run_evaluation(config, command=" ".join(command), replace=args.replace)
+    return 0
+
+
+def _evaluate_parser(verbs: Subparsers) -> None:
+    evaluate = _verb(verbs, "evaluate", _evaluate, "baselines, ATFLRec and ablations on warm and cold-start "
+                     "splits; results.parquet, report.md, plots")
+    _config_flags(evaluate, "atflrec.evaluation.config:EvalConfig", ("samples", "features", "data", "out"))
     evaluate.add_argument("--quick", action="store_true", help="shrink to the config's quick settings (smoke run)")
     evaluate.add_argument("--replace", action="store_true",
                           help="write into an --out that holds another configuration's evaluation (else refused)")
-    _add_config_args(evaluate)
     _add_output_args(evaluate)
-    evaluate.set_defaults(handler=_evaluate)
 
+
+# --- serving ---------------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import ray
+
+    from atflrec.ray_connect import connect
+    from atflrec.serving.config import load_serve_config
+    from atflrec.serving.launch import checkpoint_overrides, deploy, serve_until_interrupted
+
+    launch = load_serve_config(args.config, checkpoint_overrides(args.checkpoint or (), args.data, args.features)
+                               + list(args.overrides))
+    if args.port is not None:
+        launch.http_options["port"] = args.port
+    if not args.blocking and not (args.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        raise UserError("--no-blocking leaves the app on a running cluster: give --address (e.g. auto)")
+    connect(args.address)
+    url = deploy(launch)
+    say(f"serving {', '.join(launch.args.models)} at {url} (API docs: {url}docs)")
+    if args.blocking:
+        say("Ctrl-C stops it")
+        serve_until_interrupted(launch.name)
+    return 0
+
+
+def _serve_parser(verbs: Subparsers) -> None:
     serve = verbs.add_parser("serve", help="serve models over HTTP with Ray Serve (config: serve/*.yaml)")
     serve.add_argument("--checkpoint", action="append", metavar="[ID=]DIR",
                        help="model artifact to serve (repeatable; id defaults to the directory name; "
@@ -491,13 +514,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(serve)
     serve.set_defaults(handler=_serve)
 
-    demo = verbs.add_parser("demo", help="run the whole pipeline on the built-in data and model")
-    demo.add_argument("--workdir", help="where the demo writes its outputs")
+
+# --- demo ------------------------------------------------------------------------------------------
+
+def _demo(args: argparse.Namespace) -> int:
+    from atflrec.demo import run_demo
+
+    config = _stage_config(args)
+    if args.keep_serving:
+        config = config.model_copy(update={"keep_serving": True})
+    run_demo(config)
+    return 0
+
+
+def _demo_parser(verbs: Subparsers) -> None:
+    demo = _verb(verbs, "demo", _demo, "run the whole pipeline on the built-in data and model")
+    _config_flags(demo, "atflrec.demo:DemoConfig", ("workdir",))
     demo.add_argument("--keep-serving", action="store_true",
                       help="leave the endpoint up at the end (Ctrl-C stops it) and print curl lines for each route")
-    _add_config_args(demo)
     _add_output_args(demo)
-    demo.set_defaults(handler=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atflrec", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_data_parsers, _features_parser, _samples_parser, _train_local_parser, _train_parser, _tune_parser,
+                _configs_parser, _model_parser, _cluster_parsers, _evaluate_parser, _serve_parser, _demo_parser):
+        add(verbs)
     return parser
 
 
@@ -520,9 +563,7 @@ def _log_dir(args: argparse.Namespace) -> Path:
     if args.log_dir is not None:
         return Path(args.log_dir)
     if args.verb == "demo":
-        from atflrec.demo import DemoConfig
-
-        return Path(_stage_config(args, DemoConfig, ("workdir",)).workdir) / "logs"
+        return Path(_stage_config(args).workdir) / "logs"
     return Path("runs/logs")
 
 

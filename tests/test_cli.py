@@ -81,3 +81,21 @@ def test_configs_show_prints_the_file_and_names_what_is_not_there(capsys: pytest
     assert capsys.readouterr().out == find_config("tune/demo").read_text()
     assert main(["configs", "show", "train/nope"]) == 2
     assert "'train/nope': no such file in the current directory, nor a shipped config" in capsys.readouterr().err
+
+
+def test_config_key_flags_are_typed_and_described_by_the_config_field(capsys: pytest.CaptureFixture[str]) -> None:
+    from atflrec.tuning.space import TuneSpace
+
+    with pytest.raises(SystemExit):
+        main(["tune", "--space", "tune/demo", "--scheduler", "bogus"])
+    assert "argument --scheduler: choose from asha, fifo" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--out", "d", "--users", "many"])
+    assert "argument --users: not an integer: 'many'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for key in ("num_samples", "scheduler", "out"):
+        assert " ".join(TuneSpace.model_fields[key].description.split()) in help_text
+    assert parse_args(["features", "--data", "d", "--out", "s", "--n-mels", "40,80"]).n_mels == "[40,80]"
+    assert parse_args(["data", "synth", "--out", "d", "--users", "7"]).users == 7
