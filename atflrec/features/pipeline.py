@@ -156,7 +156,7 @@ class FeatureSummary:
                          "unreadable now (--prune drops them)")
         if self.dropped:
             lines.append(f"  {self.dropped} item(s) left the store (no longer in the dataset, or now quarantined)")
-        speed = f" ({rate:.0f} clips/s featurised)" if self.featurised else ""
+        speed = f" ({rate:.3g} clips/s featurised)" if self.featurised else ""
         lines.append(f"  {self.seconds:.1f} s in all; pipeline {self.pipeline_seconds:.1f} s{speed}")
         return "\n".join(lines)
 
