@@ -88,6 +88,17 @@ class WorkerLines:
             self.terminal.flush()
 
 
+class LateLines:
+    """Worker lines that arrive after :func:`quiet` ended (Ray's shutdown chatter): appended to its log."""
+
+    def __init__(self, log_file: Path) -> None:
+        self.log_file = log_file
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        with open(self.log_file, "a") as log:
+            WorkerLines(log, None)(data)
+
+
 def route_worker_lines(handler: Callable[[dict[str, Any]], None]) -> None:
     """Make ``handler`` the driver's only printer of Ray worker lines (after ``ray.init``).
 
@@ -175,8 +186,8 @@ def quiet(log_file: Path) -> Iterator[Path]:
             if "ray" in sys.modules:
                 import ray
 
-                if ray.is_initialized():
-                    strip_marks()
+                if ray.is_initialized():  # lines Ray still streams (its workers' shutdown) go to the log too
+                    route_worker_lines(LateLines(log_file))
             terminal.close()
             terminal_err.close()
 

@@ -236,10 +236,11 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
                                  items_dir=workdir / "serve-items", keep_running=config.keep_serving)
 
     say("\n== summary ==")
+    width = max(map(len, [*timings, *outputs]))
     for name, seconds in timings.items():
-        say(f"  {name:<16} {seconds:7.1f} s")
+        say(f"  {name:<{width}} {seconds:7.1f} s")
     for name, path in outputs.items():
-        say(f"  {name:<16} {path}")
+        say(f"  {name:<{width}} {path}")
     if uri is not None:
         say(tracking_note(uri, config.tracking.experiment))
     if config.keep_serving:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from atflrec.console import MARK, Progress, WorkerLines, say
+from atflrec.console import MARK, LateLines, Progress, WorkerLines, say
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -68,6 +68,13 @@ def test_worker_lines_go_to_the_log_and_marked_ones_once_to_the_terminal() -> No
         "(RayTrainWorker pid=7) demo: [text 1/2] step 8: loss 0.68",
         "(featurise pid=9) demo: [text 2/2] step 16: loss 0.61",
     ]
+
+
+def test_worker_lines_after_quiet_mode_are_appended_to_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_text("earlier\n")
+    LateLines(log)({"pid": 3, "actor_name": "raylet", "lines": ["WARNING: 14 workers", f"{MARK}late line"]})
+    assert log.read_text() == "earlier\n(raylet pid=3) WARNING: 14 workers\n(raylet pid=3) late line\n"
 
 
 def test_progress_says_a_line_per_tenth(capsys: pytest.CaptureFixture[str]) -> None:
