@@ -126,12 +126,13 @@ def curl_lines(url: str, history: list[dict], candidates: list[str]) -> list[str
     """Ready-to-paste requests for every route of the live endpoint."""
     body = json.dumps({"history": history, "k": 5})
     score = json.dumps({"history": history, "candidates": candidates})
-    upload = ("""{"item_id": "my-song", "title": "My Song", "tags": """
-              """["rock"], "audio": "'"$(base64 -w0 my-song.wav)"'"}""")
     post = "curl -s -X POST -H 'content-type: application/json'"
     return [f"curl -s {url}healthz", f"curl -s {url}v1/model",
             f"{post} {url}v1/recommend -d {shlex.quote(body)}", f"{post} {url}v1/score -d {shlex.quote(score)}",
-            f"{post} {url}v1/items -d '{upload}'   # a cold-start item from your own WAV file",
+            # the body goes through stdin: a clip's base64 is longer than one shell argument may be
+            """{ printf '{"item_id": "my-song", "title": "My Song", "tags": ["rock"], "audio": "'; """
+            f"""base64 -w0 my-song.wav; printf '"}}'; }} | {post} {url}v1/items --data-binary @-"""
+            "   # a cold-start item from your own WAV file",
             f"open {url}docs for the OpenAPI page"]
 
 

@@ -33,3 +33,32 @@ def test_curl_lines_are_valid_shell_with_json_bodies() -> None:
         assert subprocess.run(["bash", "-n", "-c", line], capture_output=True).returncode == 0, line
     recommend = shlex.split(lines[2])
     assert json.loads(recommend[recommend.index("-d") + 1])["history"] == history
+
+
+def test_the_upload_line_sends_a_clip_longer_than_one_shell_argument(tmp_path: Path) -> None:
+    """The printed v1/items line, run by bash, posts the whole clip as JSON (a 4 s clip's base64 is
+    over the 128 KiB a single argument may hold)."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    clip = bytes(range(256)) * 800  # 200 KiB
+    (tmp_path / "my-song.wav").write_bytes(clip)
+    with HTTPServer(("127.0.0.1", 0), Receiver) as server:
+        threading.Thread(target=server.handle_request, daemon=True).start()
+        upload = curl_lines(f"http://127.0.0.1:{server.server_port}/", [], [])[4]
+        result = subprocess.run(["bash", "-c", upload], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(received[0])
+    assert body["item_id"] == "my-song" and base64.b64decode(body["audio"]) == clip
