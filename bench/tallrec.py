@@ -139,6 +139,14 @@ def resume(args: argparse.Namespace, detail: dict[str, Any]) -> set[tuple[int, i
     earlier = json.loads(path.read_text())
     mine = {k: v for k, v in detail["settings"].items() if k not in SAME_RUN_KEYS}
     theirs = {k: v for k, v in earlier["settings"].items() if k not in SAME_RUN_KEYS}
+    # Optimizer knobs the code gained since the earlier run (their defaults keep the old behaviour:
+    # this script gives no validation rows, so e.g. eval_every has nothing to act on) are accepted
+    # and recorded; a knob whose value changed is refused like any other setting.
+    added = {k: v for k, v in mine.get("optim_defaults", {}).items() if k not in theirs.get("optim_defaults", {})}
+    if added and "optim_defaults" in theirs:
+        mine = {**mine, "optim_defaults": {k: v for k, v in mine["optim_defaults"].items() if k not in added}}
+        detail["optim_defaults_added_since_earlier_fits"] = {
+            **earlier.get("optim_defaults_added_since_earlier_fits", {}), **added}
     if mine != theirs:
         differ = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
         raise SystemExit(f"{path} holds a run with other settings ({', '.join(differ)}): "

@@ -80,3 +80,21 @@ def test_a_rerun_extends_the_same_settings_and_refuses_others(bench: ModuleType,
     with pytest.raises(SystemExit, match="other settings \\(test_rows\\)"):
         bench.resume(args, other)
     assert bench.resume(argparse.Namespace(out=tmp_path / "new.json"), other) == set()
+
+
+def test_optimizer_knobs_added_since_are_recorded_and_changed_ones_refused(bench: ModuleType, tmp_path) -> None:
+    out = tmp_path / "tallrec_book.json"
+    settings = {"base_model": "m", "test_rows": 10, "shots": [16], "seeds": [0], "optim_defaults": {"lr": 0.001}}
+    earlier = {"settings": settings, "user_rate_auc": 0.6,
+               "published_tallrec_book": {"values": bench.PUBLISHED_TALLREC_BOOK, "source": ""},
+               "text_llm_runs": [{"shots": 16, "seed": 0, "auc": 0.5}]}
+    bench.write(argparse.Namespace(out=out), earlier)
+    args = argparse.Namespace(out=out)
+
+    grown = {"settings": {**settings, "optim_defaults": {"lr": 0.001, "schedule": "constant"}}, "text_llm_runs": []}
+    assert bench.resume(args, grown) == {(16, 0)}
+    assert grown["optim_defaults_added_since_earlier_fits"] == {"schedule": "constant"}
+
+    changed = {"settings": {**settings, "optim_defaults": {"lr": 0.01, "schedule": "constant"}}, "text_llm_runs": []}
+    with pytest.raises(SystemExit, match="other settings \\(optim_defaults\\)"):
+        bench.resume(args, changed)
