@@ -116,7 +116,6 @@ def route_worker_lines(handler: Callable[[dict[str, Any]], None]) -> None:
 def strip_marks() -> None:
     """Verbose mode: Ray prints worker lines as usual, without atflrec's marks."""
     try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
         from ray._private.worker import print_to_stdstream
     except ImportError:
         return
@@ -125,8 +124,7 @@ def strip_marks() -> None:
         print_to_stdstream({**data, "lines": [line.replace(MARK, "") for line in data.get("lines", [])]},
                            ignore_prefix=False)
 
-    dispatcher.remove_handler(RAY_HANDLER)
-    dispatcher.add_handler(RAY_HANDLER, printer)
+    route_worker_lines(printer)
 
 
 def after_ray_init() -> None:

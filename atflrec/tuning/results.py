@@ -29,7 +29,7 @@ from atflrec.model.fusion import STRATEGIES
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.worker import MODEL_EVALS, SCORE
 from atflrec.tuning.space import SearchPlan, expected_reports, lora_config, trial_config
-from atflrec.tuning.trial import read_outcome, read_reports, run_name
+from atflrec.tuning.trial import read_attempts, read_outcome, read_reports, run_name
 
 CURVE_COLUMNS = ("stage", "stage_index", "epoch", "global_step", "train_loss", "samples_per_s", "val_auc",
                  "val_gauc", "val_log_loss", SCORE, MODEL_EVALS, "stage_done", "checkpoint_path")
@@ -48,6 +48,7 @@ class TrialRecord:
     reports: list[dict[str, Any]] = field(default_factory=list)  # one per (stage, epoch), in order
     error: str | None = None
     outcome: dict[str, Any] | None = None  # final metrics, when the run finished
+    attempts: int = 1  # starts of the trial's driver: more than one after a retry or a restored search
 
     @property
     def status(self) -> str:
@@ -92,7 +93,8 @@ def records(grid: Any, plan: SearchPlan, runs: str) -> list[TrialRecord]:
         name = run_name(trial_id)
         error = None if result.error is None else str(result.error).strip().splitlines()[-1][:500]
         out.append(TrialRecord(trial_id, knobs, trial_config(plan.base, knobs, name, runs),
-                               reports=read_reports(runs, name), error=error, outcome=read_outcome(runs, name)))
+                               reports=read_reports(runs, name), error=error, outcome=read_outcome(runs, name),
+                               attempts=max(1, len(read_attempts(Path(result.path))))))
     return sorted(out, key=lambda r: r.trial_id)
 
 
@@ -118,7 +120,8 @@ def results_table(trials: list[TrialRecord], plan: SearchPlan) -> pa.Table:
             SCORE: best.get(SCORE),
             "reports": len(t.reports), "expected_reports": expected_reports(t.config),
             "test_auc": metrics.get("test", {}).get("auc"), "cold_auc": metrics.get("cold", {}).get("auc"),
-            "checkpoint": _kept(best.get("checkpoint_path")), "error": t.error,
+            "checkpoint": _kept(best.get("checkpoint_path")), "error": t.error, "attempts": t.attempts,
+            "worker_group_replaced": (t.outcome or {}).get("resumed_from") is not None,
         })
     return pa.Table.from_pylist(rows)
 

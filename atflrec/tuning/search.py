@@ -130,6 +130,7 @@ def _new_tuner(plan: SearchPlan, out: Path, search_run: RunRef | None) -> Any:
             search_alg=search_alg, max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+                                  failure_config=tune.FailureConfig(max_failures=plan.space.trial_max_failures),
                                   callbacks=[PruneStoppedTrials(plan.base, str(runs)),
                                              ReleaseOrphanedReservations(), TrialProgress(plan.space.num_samples)]),
     )
@@ -237,8 +238,9 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
         counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
         if run:
             _track_search(run, trials, counts, best, out, target)
+    retried = sum(t.attempts > 1 for t in trials)
     say(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
-        f"{counts['error']} failed; "
+        f"{counts['error']} failed, {retried} restarted (resuming their runs); "
         f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)")
     say(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
         f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})")

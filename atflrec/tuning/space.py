@@ -153,6 +153,11 @@ class TuneSpace(StrictModel):
         description="what each trial's driver process reserves (it reads the samples and watches its Train run; "
                     "no CPU, so the workers get every core); e.g. {TRAIN_DRIVER: 0.01} to keep drivers on nodes "
                     "with that custom resource")
+    trial_max_failures: int = Field(
+        2, ge=0,
+        description="times a trial is retried after its driver fails (e.g. its node was lost); the retry resumes "
+                    "the trial's Train run from its latest checkpoint (a lost Train worker alone is recovered "
+                    "inside the run, by run.max_failures)")
     address: str | None = Field(
         None, description="Ray cluster address (ray://... or auto); unset: RAY_ADDRESS or a local cluster")
     out: str = Field("runs/tune", description="output dir: the search's state, trial runs, results table, plots, best/")

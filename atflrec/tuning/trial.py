@@ -11,6 +11,7 @@ volume every node mounts).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from atflrec.tuning.space import trial_config
 
 OUTCOME_FILE = "trial_outcome.json"  # in the trial's Train run dir, once the run has finished
 REPORTS_FILE = "reports.jsonl"  # in the trial's Train run dir: every report, as it is made
+ATTEMPTS_FILE = "attempts.jsonl"  # in Tune's trial dir: one line per start of the trial's driver
 TRIAL_ID = "atflrec.trial_id"  # tag of a trial's MLflow run
 
 
@@ -60,6 +62,7 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
     name = run_name(trial_id)
     config = trial_config(base, knobs, name, runs)
     resume = run_exists(runs, name)
+    record_attempt(Path(ray.tune.get_context().get_trial_dir()), resume)
     with tracked(None, parent=search_run, kind="trial", name=name, identity=trial_identity(runs, name),
                  resume=resume, params=config.model_dump(mode="json")) as run:
         if run:
@@ -69,8 +72,26 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
         trainer = build_trainer(config, resume=resume, callbacks=[log, TuneReportCallback()], tracking=run.ref)
         outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
         log_outcome(run, outcome.metrics, artifact=None)
-    summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint}
+    summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint,
+               "resumed_from": outcome.resumed_from}  # set when a lost worker group was replaced in the run
     (Path(runs) / name / OUTCOME_FILE).write_text(json.dumps(summary) + "\n")
+
+
+def record_attempt(trial_dir: Path, resumed: bool) -> None:
+    """One line per start of a trial's driver: a retry (Tune's ``trial_max_failures``, after e.g. a
+    lost node) or a restored search starts it again, resuming its Train run when one exists."""
+    import ray
+
+    entry = {"started": time.time(), "resumed_run": resumed, "node_id": ray.get_runtime_context().get_node_id()}
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / ATTEMPTS_FILE, "a") as log:
+        log.write(json.dumps(entry) + "\n")
+
+
+def read_attempts(trial_dir: Path) -> list[dict[str, Any]]:
+    path = trial_dir / ATTEMPTS_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def trial_identity(runs: str, name: str) -> str:

@@ -1,0 +1,120 @@
+"""A Ray cluster of several nodes on one machine, for the multi-node tests and benchmarks.
+
+Built on :class:`ray.cluster_utils.Cluster` (Ray's own test cluster): a head that runs no work
+(no CPU, as on a real cluster's head) and worker nodes with their own resources, each a raylet
+of its own. :meth:`LocalCluster.remove` ends a node the way a lost machine ends: its raylet and
+every process on it are killed, with no graceful drain. Drivers connect with ``address`` (a
+process started with ``ray.init(address=...)`` or a stage's ``address=`` setting) and attach to
+the head, so removing a worker node never takes the driver, nor the Train controller that Ray
+places beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+NODE_REGISTER_TIMEOUT_S = 120
+
+
+class LocalCluster:
+    def __init__(self, nodes: int, cpus_per_node: float = 1, object_store_mb: int = 150,
+                 dashboard_port: int | None = None) -> None:
+        from ray.cluster_utils import Cluster
+
+        head: dict[str, Any] = {"num_cpus": 0, "object_store_memory": object_store_mb * 2**20,
+                                "include_dashboard": dashboard_port is not None}
+        if dashboard_port is not None:
+            head |= {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
+        self._cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+        self._node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20}
+        self.removed: list[str] = []
+        for _ in range(nodes):
+            self.add_node()
+
+    @property
+    def address(self) -> str:
+        """The GCS address a driver passes to ``ray.init`` (or a stage's ``address=``)."""
+        return self._cluster.address
+
+    @property
+    def dashboard_url(self) -> str:
+        """For Ray's state API (``ray.util.state``); only with ``dashboard_port``."""
+        return f"http://{self._cluster.head_node.webui_url}"
+
+    @property
+    def head_id(self) -> str:
+        return self._cluster.head_node.node_id
+
+    @property
+    def gcs_pid(self) -> int:
+        """The head's GCS server process (it holds the cluster's state: actors, jobs, placement)."""
+        return self._cluster.head_node.all_processes["gcs_server"][0].process.pid
+
+    def worker_ids(self) -> list[str]:
+        """The live worker nodes' ids, in the order they were added."""
+        return [node.node_id for node in self._cluster.worker_nodes]
+
+    def add_node(self) -> str:
+        node = self._cluster.add_node(wait=False, **self._node_args)
+        self._cluster.wait_for_nodes(timeout=NODE_REGISTER_TIMEOUT_S)
+        return node.node_id
+
+    def node_of(self, pid: int) -> str | None:
+        """The node whose raylet started process ``pid`` (a Ray worker), or None."""
+        import psutil
+
+        raylets = {self._raylet_pid(node): node.node_id for node in self._cluster.list_all_nodes()}
+        try:
+            process: Any = psutil.Process(pid)
+            while process is not None:
+                if process.pid in raylets:
+                    return raylets[process.pid]
+                process = process.parent()
+        except psutil.NoSuchProcess:
+            return None
+        return None
+
+    def train_workers(self) -> dict[int, str]:
+        """This cluster's live Ray Train worker processes: pid -> node id."""
+        import psutil
+
+        nodes = {p.pid: self.node_of(p.pid) for p in psutil.process_iter(["cmdline"])
+                 if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])}
+        return {pid: node for pid, node in nodes.items() if node is not None}
+
+    def remove(self, node_id: str) -> None:
+        """Lose a worker node: kill its raylet and the processes on it (no drain)."""
+        if node_id == self.head_id:
+            raise ValueError("the head holds the cluster's state: remove a worker node")
+        node = next(n for n in self._cluster.worker_nodes if n.node_id == node_id)
+        self._cluster.remove_node(node, allow_graceful=False)
+        self.removed.append(node_id)
+
+    def shutdown(self) -> None:
+        self._cluster.shutdown()
+
+    @staticmethod
+    def _raylet_pid(node: Any) -> int:
+        return node.all_processes["raylet"][0].process.pid
+
+
+@contextmanager
+def local_cluster(nodes: int, **kwargs: Any) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(nodes, **kwargs)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def wait_for(condition: Any, timeout_s: float, interval_s: float = 0.5) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout_s`` has passed; whether it became true."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return bool(condition())
