@@ -23,7 +23,8 @@ Records, from the search's own files (``results.parquet``, each trial's ``report
 - ``trials_per_min``: finished trials per minute in consecutive windows of ``--window`` trials, by
   finishing order, and ``rate_last_vs_first_window`` (does scheduling overhead grow with the count?).
 
-Writes ``--out`` (JSON) and a PNG beside it: trials finished over time, disk and RSS over time, the
+Writes ``--out`` (JSON), a PNG beside it (Ray's, Tune's and the trials' own output go to ``--log``;
+this script prints its own lines): trials finished over time, disk and RSS over time, the
 node removal marked.
 """
 
@@ -43,6 +44,8 @@ from typing import Any
 
 import psutil
 import pyarrow.parquet as pq
+
+from atflrec.console import quiet, say
 
 PACKAGES = ("atflrec", "ray", "torch", "deepspeed")
 
@@ -124,8 +127,7 @@ class Watch(threading.Thread):
         self.cluster.remove(node)
         self.removal = {"node_id": node, "train_workers_on_it": counts[node], "trials_started": started,
                         "t": time.time() - self.start_time}
-        print(f"removed node {node[:12]} ({counts[node]} Train worker(s) on it) after {started} trials started",
-              flush=True)
+        say(f"removed node {node[:12]} ({counts[node]} Train worker(s) on it) after {started} trials started")
 
 
 def trial_end_times(search_dir: Path) -> list[float]:
@@ -221,6 +223,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=25, help="trials per throughput window")
     parser.add_argument("--sample-s", type=float, default=2.0)
     parser.add_argument("--work", type=Path, help="working directory (default: a temporary one, removed after)")
+    parser.add_argument("--log", type=Path, help="Ray's, Tune's and the trials' output (default: runs/logs/)")
     parser.add_argument("--note", default="", help="what else ran on the machine")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -230,7 +233,9 @@ def main() -> None:
     from atflrec.tuning.search import EXPERIMENT, run_search
     from atflrec.tuning.space import TuneSpace
 
-    with tempfile.TemporaryDirectory() as tmp, local_cluster(args.nodes, cpus_per_node=1) as cluster:
+    log = args.log or Path("runs/logs") / f"tune_scale-{datetime.now():%Y%m%d-%H%M%S}.log"
+    print(f"Ray's, Tune's and the trials' output: {log}")
+    with tempfile.TemporaryDirectory() as tmp, quiet(log), local_cluster(args.nodes, cpus_per_node=1) as cluster:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         prepare(work)

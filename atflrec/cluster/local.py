@@ -94,6 +94,11 @@ class LocalCluster:
         self.removed.append(node_id)
 
     def shutdown(self) -> None:
+        """Stop every node; a driver in this process that joined the cluster leaves it first."""
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
+            ray.shutdown()
         self._cluster.shutdown()
 
     @staticmethod
