@@ -71,24 +71,43 @@ class FieldValue:
         return text
 
 
+class ConfigSwitch(argparse.Action):
+    """A flag without a value that sets a boolean config key to true (``--prune``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, ref: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.ref = ref
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, "true")
+
+
 class HelpFromConfig(argparse.HelpFormatter):
     """The help of a config-key flag is the field's description: one text for the flag and the YAML."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if isinstance(action.type, FieldValue):
             return _field(action.type.ref, action.type.key).description
+        if isinstance(action, ConfigSwitch):
+            return _field(action.ref, action.dest).description
         return super()._get_help_string(action)
 
 
-def _config_flags(parser: argparse.ArgumentParser, ref: str, keys: tuple[str, ...], with_file: bool = True) -> None:
-    """A flag per config key in ``keys`` and (``with_file``) ``--config`` and trailing
-    ``key=value`` overrides: what :func:`_stage_config` turns into the verb's config."""
+def _config_flags(parser: argparse.ArgumentParser, ref: str, keys: tuple[str, ...], with_file: bool = True,
+                  switches: tuple[str, ...] = ()) -> None:
+    """A flag per config key in ``keys`` (one that takes a value) and ``switches`` (a boolean set
+    true by the bare flag), and (``with_file``) ``--config`` and trailing ``key=value`` overrides:
+    what :func:`_stage_config` turns into the verb's config."""
     if with_file:
         parser.add_argument("--config", help="YAML config: a shipped one's name (atflrec configs list) or a file")
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1")
     for key in keys:
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=FieldValue(ref, key), help="(the config's)")
-    parser.set_defaults(config_model=ref, shorthands=keys)
+    for key in switches:
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, action=ConfigSwitch, ref=ref,
+                            help="(the config's)")
+    parser.set_defaults(config_model=ref, shorthands=keys + switches)
 
 
 def _stage_config(args: argparse.Namespace) -> Any:
@@ -187,10 +206,8 @@ def _features_parser(verbs: Subparsers) -> None:
     features = _verb(verbs, "features", _features, "Kaldi Mel filter-bank features into a Parquet store (Ray Data)")
     features.add_argument("--data", required=True, help="dataset directory (format v1)")
     features.add_argument("--out", required=True, help="feature store: local path or URI (s3://, gs://)")
-    _config_flags(features, "atflrec.features.pipeline:FeatureConfig", ("n_mels", "clip_seconds", "address"))
-    features.add_argument("--prune", action="store_const", const="true", dest="prune",
-                          help="drop stored items whose audio is missing now and Mel-bin counts not in --n-mels")
-    features.set_defaults(shorthands=("n_mels", "clip_seconds", "address", "prune"))
+    _config_flags(features, "atflrec.features.pipeline:FeatureConfig", ("n_mels", "clip_seconds", "address"),
+                  switches=("prune",))
     _add_output_args(features)
 
 

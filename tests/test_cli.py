@@ -99,3 +99,17 @@ def test_config_key_flags_are_typed_and_described_by_the_config_field(capsys: py
         assert " ".join(TuneSpace.model_fields[key].description.split()) in help_text
     assert parse_args(["features", "--data", "d", "--out", "s", "--n-mels", "40,80"]).n_mels == "[40,80]"
     assert parse_args(["data", "synth", "--out", "d", "--users", "7"]).users == 7
+
+
+def test_a_boolean_config_key_is_a_bare_switch(capsys: pytest.CaptureFixture[str]) -> None:
+    from atflrec.cli import _stage_config
+    from atflrec.features.pipeline import FeatureConfig
+
+    argv = ["features", "--data", "d", "--out", "s"]
+    assert _stage_config(parse_args([*argv, "--prune"])).prune is True
+    assert _stage_config(parse_args(argv)).prune is False
+    assert _stage_config(parse_args([*argv, "--prune", "prune=false"])).prune is False  # overrides win
+    with pytest.raises(SystemExit):
+        main(["features", "--help"])
+    described = " ".join(FeatureConfig.model_fields["prune"].description.split())
+    assert described in " ".join(capsys.readouterr().out.split())
