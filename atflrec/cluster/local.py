@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 NODE_REGISTER_TIMEOUT_S = 120
@@ -28,7 +29,8 @@ class LocalCluster:
                                 "include_dashboard": dashboard_port is not None}
         if dashboard_port is not None:
             head |= {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
-        self._cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+        with _address_file_kept():
+            self._cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
         self._node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20}
         self.removed: list[str] = []
         for _ in range(nodes):
@@ -99,11 +101,31 @@ class LocalCluster:
 
         if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
             ray.shutdown()
-        self._cluster.shutdown()
+        with _address_file_kept():
+            self._cluster.shutdown()
 
     @staticmethod
     def _raylet_pid(node: Any) -> int:
         return node.all_processes["raylet"][0].process.pid
+
+
+@contextmanager
+def _address_file_kept() -> Iterator[None]:
+    """Leave Ray's "latest cluster" file (``/tmp/ray/ray_current_cluster``) as it was: Ray's test
+    cluster writes its own address there and deletes the file when it stops, so meanwhile any
+    ``ray.init()`` without an address on this machine would join it, and a cluster started with
+    ``ray start`` would no longer be found afterwards."""
+    from ray._private import utils
+
+    path = Path(utils.get_ray_address_file(None))
+    before = path.read_text() if path.is_file() else None
+    try:
+        yield
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
 
 
 @contextmanager
