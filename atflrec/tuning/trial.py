@@ -4,18 +4,18 @@ This is the Train V2 pattern: the trial function is only the driver of its Train
 for no CPU; the Train workers reserve their own), and ``TuneReportCallback`` passes every Train
 report (with its checkpoint's path) on to Tune; ``ReportLog`` keeps them in the run dir too.
 The Train run is named after the trial id, so a restored search finds a trial's run again and
-continues it from its latest checkpoint instead of starting over. Run dirs are local paths (or a
-volume every node mounts).
+continues it from its latest checkpoint instead of starting over. Run dirs are a volume every node
+mounts, or a remote URI (``s3://``: :mod:`atflrec.storage`).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from ray.train import UserCallback
 
+from atflrec.storage import append_line, join, read_text, uri_of, write_text
 from atflrec.tracking import RunRef, tracked
 from atflrec.training.distributed import build_trainer, outcome_of, run_exists
 from atflrec.training.tracking import log_outcome, training_tags
@@ -36,9 +36,9 @@ class ReportLog(UserCallback):
         self.path = path
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        entry = {**metrics[0], "checkpoint_path": checkpoint.path if checkpoint else None}
-        with open(self.path, "a") as log:
-            log.write(json.dumps(entry) + "\n")
+        path = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint else None
+        entry = {**metrics[0], "checkpoint_path": path}
+        append_line(self.path, json.dumps(entry))
 
 
 def run_name(trial_id: str) -> str:
@@ -65,30 +65,29 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
         if run:
             run.set_tags({**training_tags(config), TRIAL_ID: trial_id,
                           **{f"atflrec.knob.{k}": json.dumps(v) for k, v in knobs.items()}})
-        log = ReportLog(str(Path(runs) / name / REPORTS_FILE))
+        log = ReportLog(join(runs, name, REPORTS_FILE))
         trainer = build_trainer(config, resume=resume, callbacks=[log, TuneReportCallback()], tracking=run.ref)
         outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
         log_outcome(run, outcome.metrics, artifact=None)
     summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint}
-    (Path(runs) / name / OUTCOME_FILE).write_text(json.dumps(summary) + "\n")
+    write_text(join(runs, name, OUTCOME_FILE), json.dumps(summary) + "\n")
 
 
 def trial_identity(runs: str, name: str) -> str:
-    return f"trial:{Path(runs).resolve()}/{name}"
+    return f"trial:{join(runs, name)}"
 
 
 def read_outcome(runs: str, name: str) -> dict[str, Any] | None:
     """A finished trial's final metrics (the final splits of its best checkpoint), or None."""
-    path = Path(runs) / name / OUTCOME_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    text = read_text(join(runs, name, OUTCOME_FILE))
+    return json.loads(text) if text is not None else None
 
 
 def read_reports(runs: str, name: str) -> list[dict[str, Any]]:
     """A trial's reports, one per (stage, epoch) in order (a resumed run may repeat the one it was
     killed at; the later wins); ``[]`` before the first."""
-    path = Path(runs) / name / REPORTS_FILE
     latest: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for line in (read_text(join(runs, name, REPORTS_FILE)) or "").splitlines():
         try:
             report = json.loads(line)
         except json.JSONDecodeError:  # a line cut short when the run was killed
