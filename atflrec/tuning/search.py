@@ -165,8 +165,22 @@ def _check_out(space: TuneSpace, out: str, resume: bool) -> None:
         _check_same_space(space, out)
 
 
+# Ray Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray
+# logs on each node (runtime_env_agent.log) and shows in its actor table. Trials, like every Ray
+# worker, read credentials from their node's environment (cluster/README.md, "Object storage").
+AWS_KEYS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def _keep_keys_out_of_runtime_envs() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_KEYS
+
+
 def _tuner(plan: SearchPlan, out: str, resume: bool, search_run: RunRef | None) -> Any:
     from ray import tune
+
+    _keep_keys_out_of_runtime_envs()
 
     # Tune saves the search's state at most every 10 s by default; a search killed in that window
     # would run a just-finished trial again on --resume. The state is small: save it every second.
