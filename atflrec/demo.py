@@ -208,10 +208,10 @@ def run_demo(config: DemoConfig) -> dict[str, Path]:
 
     with _stage("tune", timings):
         shutil.rmtree(workdir / "tune", ignore_errors=True)  # a fresh search each time, like train
-        outputs["best"] = run_search(config.tune_space, workdir / "tune", overrides=[
+        outputs["best"] = Path(run_search(config.tune_space, workdir / "tune", overrides=[
             f"train.samples={outputs['samples']}", f"train.features={outputs['features']}",
             f"train.model.base_model={config.base_model}", *tracking, *config.tune_overrides,
-        ])
+        ]))
 
     with _stage("evaluate", timings):
         shutil.rmtree(workdir / "eval", ignore_errors=True)

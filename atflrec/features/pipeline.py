@@ -59,6 +59,7 @@ from atflrec.features.audio import MAX_AUDIO_BYTES, MAX_AUDIO_SECONDS, BadAudio,
 from atflrec.features.clip import ClipFeatures, clip_samples, featurise_decoded
 from atflrec.features.fbank import KALDI_OPTIONS, MAX_MELS, MIN_MELS, SAMPLE_RATE, frame_count
 from atflrec.ray_connect import connect
+from atflrec.storage import absolute_uri
 
 # Bump when a code change alters the features for the same audio and parameters.
 FEATURE_VERSION = 1
@@ -336,7 +337,7 @@ def build_feature_store(data_dir: str | Path, out_uri: str, config: FeatureConfi
     if duplicates:
         raise DatasetError(f"items.parquet repeats item_id(s) {duplicates[:5]}; run `atflrec data validate`")
 
-    store_uri = store.absolute_uri(out_uri)
+    store_uri = absolute_uri(out_uri)
     with store.writer_lock(store_uri):
         return _build_locked(data_dir, store_uri, config, dataset, item_ids, audio_paths, started, started_at, run_id)
 

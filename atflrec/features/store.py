@@ -1,7 +1,7 @@
 """The Parquet feature store: layout, commit, and the reader later stages use.
 
 A store is a directory on any pyarrow filesystem -- a local path, ``s3://bucket/prefix`` or
-``gs://bucket/prefix`` (credentials come from the environment, as pyarrow reads them)::
+``gs://bucket/prefix`` (opened by :func:`atflrec.storage.resolve`: credentials from the environment)::
 
     STORE/manifest.json             commit point: parameters, param hash, counts, timings, versions,
                                     and the name of the live index file
@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from atflrec.console import say
 from atflrec.errors import UserError
 from atflrec.io import atomic_write_bytes, atomic_write_text, fsync_dir
+from atflrec.storage import resolve
 
 STORE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -70,21 +71,6 @@ QUARANTINE_SCHEMA = pa.schema(
 
 class StoreError(UserError, ValueError):
     """A feature store that is missing, unreadable, or lacks what was asked for."""
-
-
-def absolute_uri(uri: str) -> str:
-    """``uri`` with a local path made absolute, so worker processes resolve it the same way."""
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and root path of a store URI or local path."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise StoreError(f"cannot open feature store {uri!r}: {exc}") from exc
 
 
 def part_schema(n_mels: int, frames: int) -> pa.Schema:

@@ -136,7 +136,7 @@ class ServeArgs(StrictModel):
 
     def resolved(self) -> ServeArgs:
         """Local paths made absolute, so every replica reads the same files whatever its directory."""
-        from atflrec.features.store import absolute_uri
+        from atflrec.storage import absolute_uri
 
         local = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
         return self.model_copy(update={

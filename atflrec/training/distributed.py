@@ -21,9 +21,9 @@ import pyarrow.fs as pafs
 from atflrec.config import ConfigError
 from atflrec.console import say
 from atflrec.errors import UserError
-from atflrec.features.store import absolute_uri, resolve
 from atflrec.ray_connect import connect
 from atflrec.samples import SAMPLE_SCHEMA
+from atflrec.storage import absolute_uri, is_remote, list_names, publish_dir, resolve, uri_of
 from atflrec.tracking import RunRef, tracked
 from atflrec.training.deepspeed_config import resolve_deepspeed_config
 from atflrec.training.distributed_config import TrainConfig
@@ -147,7 +147,7 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
     """What a finished run reports; exports its best checkpoint to ``out`` when set."""
     if result.error is not None:
         raise TrainingError(f"training failed: {result.error}") from result.error
-    outcome = TrainOutcome(run_path=result.path)
+    outcome = TrainOutcome(run_path=uri_of(result.filesystem, result.path))
     returned = result.return_value or {}
     outcome.history = returned.get("history", [])
     outcome.losses = returned.get("losses", {})
@@ -155,7 +155,8 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
     outcome.metrics = returned.get("metrics", {})
     outcome.best_checkpoint = returned.get("best_checkpoint")
     if out is not None and outcome.best_checkpoint is not None:
-        best = [c for c, _ in result.best_checkpoints or [] if c.path == outcome.best_checkpoint]
+        best = [c for c, _ in result.best_checkpoints or []
+                if uri_of(c.filesystem, c.path) == outcome.best_checkpoint]
         if not best:
             raise TrainingError(
                 f"the best checkpoint {outcome.best_checkpoint} is not among the run's kept checkpoints")
@@ -190,12 +191,20 @@ class ExportError(UserError):
     """``--out`` names a directory an export must not replace."""
 
 
-def check_export_target(out: str) -> Path:
+def check_export_target(out: str) -> str:
     """``out`` made absolute, if an export may write there: a new or empty directory, or an earlier
-    export (an artifact: it holds ``atflrec_model.json``). Never the working directory or a parent
-    of it, never a non-empty directory that is not ours (#18 finding 5: ``--out .`` wiped it)."""
+    export (an artifact: it holds ``atflrec_model.json``, or, remotely, a publish's marker). Never the
+    working directory or a parent of it, never a non-empty directory that is not ours (#18 finding 5:
+    ``--out .`` wiped it)."""
     from atflrec.model.artifact import META_FILE
+    from atflrec.storage import INCOMPLETE
 
+    if is_remote(out):
+        names = list_names(out)
+        if names and META_FILE not in names and INCOMPLETE not in names:
+            raise ExportError(f"--out {out}: holds objects that are not an atflrec artifact; refusing to "
+                              "replace them (name a new prefix, or an earlier export)")
+        return out.rstrip("/")
     target = Path(out).expanduser().resolve()
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
@@ -206,27 +215,49 @@ def check_export_target(out: str) -> Path:
         if any(target.iterdir()) and not (target / META_FILE).is_file():
             raise ExportError(f"--out {out}: a non-empty directory that is not an atflrec artifact; refusing to "
                               "replace it (name a new or empty directory, or an earlier export)")
-    return target
+    return str(target)
 
 
-def export_checkpoint(checkpoint: Any, out: str) -> str:
-    """Copy a checkpoint (an artifact directory, possibly in remote storage) to ``out``.
+def export_checkpoint(checkpoint: Any, out: str, extra_files: dict[str, str] | None = None) -> str:
+    """Copy a checkpoint (an artifact directory, local or in remote storage) plus ``extra_files``
+    (name -> text) to ``out``, a local directory or a remote URI; returns where it went.
 
-    The copy goes to a temporary sibling, is fsynced, then renamed into place; an earlier export
-    at ``out`` is renamed aside first and removed only after. A kill mid-copy leaves ``out`` as it
-    was (plus a hidden ``.NAME.*.tmp``), never a half-written artifact that replicas would load."""
+    The copy is made in a temporary sibling first (remotely: a local temporary directory). Locally it
+    is fsynced and renamed into place; an earlier export at ``out`` is renamed aside first and removed
+    only after. A kill mid-copy leaves ``out`` as it was (plus a hidden ``.NAME.*.tmp``), never a
+    half-written artifact that replicas would load. Remotely, where nothing renames a directory, it
+    is published with the artifact's description last (:func:`atflrec.storage.publish_dir`)."""
+    import tempfile
+
+    from atflrec.model.artifact import META_FILE
+
+    target = check_export_target(out)
+    if is_remote(target):
+        with tempfile.TemporaryDirectory(prefix="atflrec-export-") as tmp:
+            _fill(Path(tmp) / "artifact", checkpoint, extra_files)
+            publish_dir(Path(tmp) / "artifact", target, last=META_FILE)
+        return target
+    return str(_replace_local(Path(target), checkpoint, extra_files))
+
+
+def _fill(directory: Path, checkpoint: Any, extra_files: dict[str, str] | None) -> None:
+    checkpoint.to_directory(str(directory))
+    for name, text in (extra_files or {}).items():
+        (directory / name).write_text(text)
+
+
+def _replace_local(target: Path, checkpoint: Any, extra_files: dict[str, str] | None) -> Path:
     import uuid
 
     from atflrec.io import fsync_dir, fsync_tree
 
-    target = check_export_target(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex
     staging = target.with_name(f".{target.name}.{tag}.tmp")
+    old = target.with_name(f".{target.name}.{tag}.old")
     try:
-        checkpoint.to_directory(str(staging))
+        _fill(staging, checkpoint, extra_files)
         fsync_tree(staging)
-        old = target.with_name(f".{target.name}.{tag}.old")
         if target.exists():
             target.rename(old)  # ours (checked above): an earlier export, or an empty directory
         staging.rename(target)
@@ -236,4 +267,4 @@ def export_checkpoint(checkpoint: Any, out: str) -> str:
             shutil.rmtree(staging)
     if old.exists():
         shutil.rmtree(old)
-    return str(target)
+    return target

@@ -46,6 +46,7 @@ from atflrec.model.artifact import load_weights, save_artifact
 from atflrec.model.batch import Batch
 from atflrec.model.fusion import STRATEGIES, Stage, stage_rows
 from atflrec.model.network import ATFLRecModel
+from atflrec.storage import uri_of
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
 from atflrec.training.loop import (
@@ -435,4 +436,4 @@ def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features:
         metrics[split] = score_split(model, rows, collator, config, rank, world)[0]  # the driver prints them
     if rank != 0:
         return None
-    return {"metrics": metrics, "best_checkpoint": best.path if best is not None else None}
+    return {"metrics": metrics, "best_checkpoint": uri_of(best.filesystem, best.path) if best is not None else None}

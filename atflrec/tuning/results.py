@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from ray.tune import Callback
 from atflrec.config import dump_config
 from atflrec.errors import UserError
 from atflrec.model.fusion import STRATEGIES
+from atflrec.storage import canonical, delete_dir, is_dir, join, list_dirs, uri_on
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.worker import MODEL_EVALS, SCORE
 from atflrec.tuning.space import SearchPlan, expected_reports, lora_config, trial_config
@@ -94,12 +94,12 @@ def records(grid: Any, plan: SearchPlan, runs: str) -> list[TrialRecord]:
         error = None if result.error is None else str(result.error).strip().splitlines()[-1][:500]
         out.append(TrialRecord(trial_id, knobs, trial_config(plan.base, knobs, name, runs),
                                reports=read_reports(runs, name), error=error, outcome=read_outcome(runs, name),
-                               attempts=max(1, len(read_attempts(Path(result.path))))))
+                               attempts=max(1, len(read_attempts(runs, name)))))
     return sorted(out, key=lambda r: r.trial_id)
 
 
 def _kept(path: str | None) -> str | None:
-    return path if path and Path(path).is_dir() else None
+    return path if path and is_dir(path) else None
 
 
 def _cell(value: Any) -> Any:
@@ -143,16 +143,12 @@ def write_tables(trials: list[TrialRecord], plan: SearchPlan, out: Path) -> tupl
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.glob("checkpoint*") if p.is_dir()) if run_dir.is_dir() else []
-
-
-def prune(run_dir: Path, keep: str | None = None) -> int:
-    """Delete a run's checkpoints except ``keep`` (a checkpoint path); returns how many went."""
+def prune(run_dir: str, keep: str | None = None) -> int:
+    """Delete a run's checkpoints except ``keep`` (a checkpoint's path or URI); returns how many went."""
     removed = 0
-    for directory in checkpoint_dirs(run_dir):
-        if keep is None or directory.resolve() != Path(keep).resolve():
-            shutil.rmtree(directory, ignore_errors=True)
+    for directory in list_dirs(run_dir, prefix="checkpoint"):
+        if keep is None or canonical(directory) != canonical(keep):
+            delete_dir(directory)
             removed += 1
     return removed
 
@@ -165,29 +161,28 @@ def best_trial(trials: list[TrialRecord]) -> TrialRecord:
     return max(kept, key=lambda t: t.best[SCORE])
 
 
-def prune_stopped(trials: list[TrialRecord], runs: Path, best: TrialRecord | None) -> int:
+def prune_stopped(trials: list[TrialRecord], runs: str, best: TrialRecord | None) -> int:
     removed = 0
     for t in trials:
         if t.status == "stopped":
             keep = best.best["checkpoint_path"] if best is not None and t is best else None
-            removed += prune(runs / run_name(t.trial_id), keep)
+            removed += prune(join(runs, run_name(t.trial_id)), keep)
     return removed
 
 
-def export_best(best: TrialRecord, target: Path) -> Path:
+def export_best(best: TrialRecord, target: str) -> str:
     """The best trial's best checkpoint (an artifact ``load_artifact`` reads) plus its resolved
-    training config (``train_config.yaml``) and what the search measured (``trial.json``)."""
+    training config (``train_config.yaml``) and what the search measured (``trial.json``), to a
+    local directory or a remote URI; returns where it went."""
     from ray.train import Checkpoint
 
     from atflrec.training.distributed import export_checkpoint
 
-    export_checkpoint(Checkpoint(best.best["checkpoint_path"]), str(target))
-    (target / "train_config.yaml").write_text(dump_config(best.config))
     summary = {"trial_id": best.trial_id, "status": best.status, "knobs": best.knobs,
                "val_auc": best.best["val_auc"], "stage": best.best["stage"], "epoch": best.best["epoch"],
                "final_metrics": (best.outcome or {}).get("metrics")}
-    (target / "trial.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return target
+    extra = {"train_config.yaml": dump_config(best.config), "trial.json": json.dumps(summary, indent=2) + "\n"}
+    return export_checkpoint(Checkpoint(best.best["checkpoint_path"]), target, extra)
 
 
 class PruneStoppedTrials(Callback):
@@ -195,21 +190,22 @@ class PruneStoppedTrials(Callback):
     best one), so a long search keeps ``run.keep_best`` checkpoints per live or finished trial only."""
 
     def __init__(self, base: dict[str, Any], runs: str) -> None:
-        self.base, self.runs = base, Path(runs)
+        self.base, self.runs = base, runs
         self.best: tuple[float, str | None, str | None] = (-math.inf, None, None)  # score, trial, checkpoint
         self.stopped: set[str] = set()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         score, path = result.get(SCORE), result.get("checkpoint_path")
         if _finite(score) and path and score > self.best[0]:
+            path = uri_on(self.runs, path)  # Tune passes the path on the runs' filesystem
             previous = self.best[1]
             self.best = (score, trial.trial_id, path)
             if previous in self.stopped and previous != trial.trial_id:
-                prune(self.runs / run_name(previous))
+                prune(join(self.runs, run_name(previous)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = run_name(trial.trial_id)
-        config = trial_config(self.base, trial.config, name, str(self.runs))
-        if not ran_to_the_end(config, read_reports(str(self.runs), name), read_outcome(str(self.runs), name)):
+        config = trial_config(self.base, trial.config, name, self.runs)
+        if not ran_to_the_end(config, read_reports(self.runs, name), read_outcome(self.runs, name)):
             self.stopped.add(trial.trial_id)
-            prune(self.runs / run_name(trial.trial_id), self.best[2] if self.best[1] == trial.trial_id else None)
+            prune(join(self.runs, name), self.best[2] if self.best[1] == trial.trial_id else None)

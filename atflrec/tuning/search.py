@@ -1,6 +1,7 @@
 """``atflrec tune``: a Ray Tune search whose trials are Ray Train runs (Train V2 pattern).
 
-Layout of ``OUT`` (a local path, or a volume every node mounts)::
+Layout of ``OUT`` (a volume every node mounts, or a remote URI such as ``s3://bucket/prefix``:
+trials run on any node and write their runs there; the driver writes the rest)::
 
     space.yaml           the space the search started with (``--resume`` checks it is unchanged)
     search/              Tune's experiment: trial states, every trial's reports (trial-<id>/)
@@ -10,6 +11,9 @@ Layout of ``OUT`` (a local path, or a volume every node mounts)::
     curves.parquet       one row per report of every trial
     plots/               validation AUC against each knob; learning curves with ASHA's stops
     best/                the best trial's best checkpoint (an artifact serving loads), its config
+
+With a remote OUT the tables and plots are made in a local temporary directory and uploaded once
+the search ends, and best/ is published with its description last (:mod:`atflrec.storage`).
 
 Before any trial starts, the feature store is made to hold every Mel-bin count of the space
 (:mod:`atflrec.tuning.features`). ASHA's time unit is ``model_evals``: the validations of the whole
@@ -28,9 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atflrec.config import ConfigError, dump_config, load_config, read_yaml
+import yaml
+
+from atflrec.config import ConfigError, dump_config, load_config
 from atflrec.console import say
 from atflrec.ray_connect import connect
+from atflrec.storage import absolute_uri, join, local_dir, read_text, write_text
 from atflrec.tracking import ARTIFACT_PATH, Run, RunRef, split_metrics, tracked
 from atflrec.training.tracking import training_tags
 from atflrec.training.worker import MODEL_EVALS
@@ -106,18 +113,18 @@ def _search_alg(plan: SearchPlan, concurrency: int) -> tuple[Any, int | None]:
     return BasicVariantGenerator(random_state=plan.space.seed, max_concurrent=concurrency), None
 
 
-def _trainable(plan: SearchPlan, runs: Path, search_run: RunRef | None) -> Any:
+def _trainable(plan: SearchPlan, runs: str, search_run: RunRef | None) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, base=plan.base, runs=str(runs), search_run=search_run),
+    return tune.with_resources(tune.with_parameters(run_trial, base=plan.base, runs=runs, search_run=search_run),
                                dict(plan.space.trial_resources))
 
 
-def _new_tuner(plan: SearchPlan, out: Path, search_run: RunRef | None) -> Any:
+def _new_tuner(plan: SearchPlan, out: str, search_run: RunRef | None) -> Any:
     import ray
     from ray import tune
 
-    runs = out / RUNS
+    runs = join(out, RUNS)
     concurrency = concurrent_trials(plan, ray.cluster_resources())
     say(f"search: {plan.space.num_samples} trials, {plan.space.scheduler}, {plan.space.search} search, "
         f"at most {concurrency} at once; knobs: {', '.join(plan.knobs)}")
@@ -129,27 +136,28 @@ def _new_tuner(plan: SearchPlan, out: Path, search_run: RunRef | None) -> Any:
             metric=METRIC, mode="max", num_samples=plan.space.num_samples, scheduler=_scheduler(plan),
             search_alg=search_alg, max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
         ),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out,
                                   failure_config=tune.FailureConfig(max_failures=plan.space.trial_max_failures),
-                                  callbacks=[PruneStoppedTrials(plan.base, str(runs)),
+                                  callbacks=[PruneStoppedTrials(plan.base, runs),
                                              ReleaseOrphanedReservations(), TrialProgress(plan.space.num_samples)]),
     )
 
 
-def _check_same_space(space: TuneSpace, out: Path) -> None:
-    saved = read_yaml(out / SPACE_FILE)
+def _check_same_space(space: TuneSpace, out: str) -> None:
+    saved = yaml.safe_load(read_text(join(out, SPACE_FILE)) or "") or {}
     given = space.model_dump(mode="json")
     differ = sorted(k for k in given if k not in ("address", "out", "tracking") and given[k] != saved.get(k))
     if differ:
         raise ConfigError(f"--resume: {', '.join(differ)} differ from the space the search in {out} started with "
-                          f"({out / SPACE_FILE}); resume with that space, or start a new search with another --out")
+                          f"({join(out, SPACE_FILE)}); resume with that space, or start a new search with another "
+                          "--out")
 
 
-def _check_out(space: TuneSpace, out: Path, resume: bool) -> None:
+def _check_out(space: TuneSpace, out: str, resume: bool) -> None:
     """A new search needs a fresh OUT; ``--resume`` needs the search that OUT holds, unchanged."""
     from ray import tune
 
-    exists = tune.Tuner.can_restore(str(out / EXPERIMENT))
+    exists = tune.Tuner.can_restore(join(out, EXPERIMENT))
     if exists and not resume:
         raise SearchError(f"a search already exists in {out}; pass --resume to continue it, or choose another --out")
     if resume and not exists:
@@ -158,24 +166,38 @@ def _check_out(space: TuneSpace, out: Path, resume: bool) -> None:
         _check_same_space(space, out)
 
 
-def _tuner(plan: SearchPlan, out: Path, resume: bool, search_run: RunRef | None) -> Any:
+# Ray Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray
+# logs on each node (runtime_env_agent.log) and shows in its actor table. Trials, like every Ray
+# worker, read credentials from their node's environment (cluster/README.md, "Object storage").
+AWS_KEYS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def _keep_keys_out_of_runtime_envs() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_KEYS
+
+
+def _tuner(plan: SearchPlan, out: str, resume: bool, search_run: RunRef | None) -> Any:
     from ray import tune
+
+    _keep_keys_out_of_runtime_envs()
 
     # Tune saves the search's state at most every 10 s by default; a search killed in that window
     # would run a just-finished trial again on --resume. The state is small: save it every second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume:
         say(f"resuming the search in {out}: finished trials are kept, unfinished and failed ones continue")
-        return tune.Tuner.restore(str(out / EXPERIMENT), _trainable(plan, out / RUNS, search_run),
+        return tune.Tuner.restore(join(out, EXPERIMENT), _trainable(plan, join(out, RUNS), search_run),
                                   resume_unfinished=True, restart_errored=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SPACE_FILE).write_text(dump_config(plan.space))
+    write_text(join(out, SPACE_FILE), dump_config(plan.space))
     return _new_tuner(plan, out, search_run)
 
 
 def _track_search(run: Run, trials: list[TrialRecord], counts: dict[str, int], best: TrialRecord, out: Path,
-                  target: Path) -> None:
-    """The search's outcome on its run (best trial, counts, tables, plots, best/ and its path), and
+                  target: str) -> None:
+    """The search's outcome on its run (best trial, counts, tables, plots, best/ and its path; a remote
+    best/ by its URI only), and
     each trial's run closed with its status: ASHA ends a stopped trial's process before it can close
     its run (or while it ends it as FAILED)."""
     statuses = {t.trial_id: t.status for t in trials}
@@ -184,7 +206,7 @@ def _track_search(run: Run, trials: list[TrialRecord], counts: dict[str, int], b
     run.log_file(out / f"{RESULTS}.csv")
     run.log_dir(out / PLOTS, PLOTS)
     run.log_model(target, BEST)
-    run.set_tags({ARTIFACT_PATH: str(target), "atflrec.best_trial": best.trial_id})
+    run.set_tags({ARTIFACT_PATH: target, "atflrec.best_trial": best.trial_id})
     ending = {"completed": "FINISHED", "stopped": "KILLED", "error": "FAILED"}
     for child in run.children():
         trial_id = child.data.tags.get(TRIAL_ID)
@@ -192,13 +214,13 @@ def _track_search(run: Run, trials: list[TrialRecord], counts: dict[str, int], b
             continue
         trial = Run(RunRef(run.ref.uri, run.ref.experiment_id, child.info.run_id), run.client)
         trial.set_tags({"atflrec.trial_status": statuses[trial_id],
-                        **({ARTIFACT_PATH: str(target)} if trial_id == best.trial_id else {})})
+                        **({ARTIFACT_PATH: target} if trial_id == best.trial_id else {})})
         if child.info.status != ending[statuses[trial_id]]:
             trial.end(ending[statuses[trial_id]])
 
 
 def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None, *,
-               overrides: Sequence[str] = (), resume: bool = False) -> Path:
+               overrides: Sequence[str] = (), resume: bool = False) -> str:
     """Run (or with ``resume`` continue) a search; returns ``OUT/best``, the best trial's artifact.
 
     ``space`` is a space file or a :class:`TuneSpace`; ``overrides`` are ``key=value`` overrides of
@@ -213,37 +235,39 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
     plan = make_plan(space)
     if plan.base.get("samples") is None:
         raise ConfigError("train.samples: set the samples directory (e.g. train.samples=runs/demo/samples)")
-    out = Path(space.out).resolve()
+    out = absolute_uri(space.out).rstrip("/")
+    runs = join(out, RUNS)
     _check_out(space, out, resume)
     ensure_features(plan)  # before Ray starts: a missing Mel-bin count fails at once
-    with tracked(space.tracking, kind="search", name=f"search {out.name}", identity=f"search:{out}", resume=resume,
-                 params=space.model_dump(mode="json")) as run:
+    with tracked(space.tracking, kind="search", name=f"search {out.rsplit('/', 1)[-1]}", identity=f"search:{out}",
+                 resume=resume, params=space.model_dump(mode="json")) as run:
         if run:
             run.set_tags(training_tags(plan.trial_config({})))
         connect(space.address)
         grid = _tuner(plan, out, resume, run.ref).fit()
 
-        trials = records(grid, plan, str(out / RUNS))
-        table, curves = write_tables(trials, plan, out)
+        trials = records(grid, plan, runs)
         best = best_trial(trials)
-        target = export_best(best, out / BEST)
-        removed = prune_stopped(trials, out / RUNS, best)
-        (out / PLOTS).mkdir(exist_ok=True)
-        plot_knobs(table, plan, out / PLOTS)
-        rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor,
-                           space.asha.max_t or plan.max_model_evals)
-        plot_curves(curves, rungs if space.scheduler == "asha" else [], out / PLOTS)
+        target = export_best(best, join(out, BEST))
+        removed = prune_stopped(trials, runs, best)
         if space.export is not None:
-            export_best(best, Path(space.export))
+            export_best(best, space.export)
         counts = {s: sum(t.status == s for t in trials) for s in ("completed", "stopped", "error")}
-        if run:
-            _track_search(run, trials, counts, best, out, target)
+        with local_dir(out) as written:  # OUT itself, or a directory uploaded to the remote OUT
+            table, curves = write_tables(trials, plan, written)
+            (written / PLOTS).mkdir(exist_ok=True)
+            plot_knobs(table, plan, written / PLOTS)
+            rungs = asha_rungs(space.asha.grace_period, space.asha.reduction_factor,
+                               space.asha.max_t or plan.max_model_evals)
+            plot_curves(curves, rungs if space.scheduler == "asha" else [], written / PLOTS)
+            if run:
+                _track_search(run, trials, counts, best, written, target)
     retried = sum(t.attempts > 1 for t in trials)
     say(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
         f"{counts['error']} failed, {retried} restarted (resuming their runs); "
         f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)")
     say(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
         f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})")
-    say(f"results: {out / 'results.csv'}; plots: {out / PLOTS}; best: {target}")
+    say(f"results: {join(out, RESULTS + '.csv')}; plots: {join(out, PLOTS)}; best: {target}")
     return target
 

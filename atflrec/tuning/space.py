@@ -251,7 +251,7 @@ def _check_key(key: str) -> None:
 
 def _absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
     """Local paths relative to this directory made absolute: trials run elsewhere (Tune's trial dirs)."""
-    from atflrec.features.store import absolute_uri
+    from atflrec.storage import absolute_uri
 
     data = copy.deepcopy(data)
     for key in ("samples", "features"):

@@ -4,19 +4,19 @@ This is the Train V2 pattern: the trial function is only the driver of its Train
 for no CPU; the Train workers reserve their own), and ``TuneReportCallback`` passes every Train
 report (with its checkpoint's path) on to Tune; ``ReportLog`` keeps them in the run dir too.
 The Train run is named after the trial id, so a restored search finds a trial's run again and
-continues it from its latest checkpoint instead of starting over. Run dirs are local paths (or a
-volume every node mounts).
+continues it from its latest checkpoint instead of starting over. Run dirs are a volume every node
+mounts, or a remote URI (``s3://``: :mod:`atflrec.storage`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from ray.train import UserCallback
 
+from atflrec.storage import append_line, join, read_text, uri_of, write_text
 from atflrec.tracking import RunRef, tracked
 from atflrec.training.distributed import build_trainer, outcome_of, run_exists
 from atflrec.training.tracking import log_outcome, training_tags
@@ -24,7 +24,7 @@ from atflrec.tuning.space import trial_config
 
 OUTCOME_FILE = "trial_outcome.json"  # in the trial's Train run dir, once the run has finished
 REPORTS_FILE = "reports.jsonl"  # in the trial's Train run dir: every report, as it is made
-ATTEMPTS_FILE = "attempts.jsonl"  # in Tune's trial dir: one line per start of the trial's driver
+ATTEMPTS_FILE = "attempts.jsonl"  # in the trial's Train run dir: one line per start of the trial's driver
 TRIAL_ID = "atflrec.trial_id"  # tag of a trial's MLflow run
 
 
@@ -38,9 +38,9 @@ class ReportLog(UserCallback):
         self.path = path
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        entry = {**metrics[0], "checkpoint_path": checkpoint.path if checkpoint else None}
-        with open(self.path, "a") as log:
-            log.write(json.dumps(entry) + "\n")
+        path = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint else None
+        entry = {**metrics[0], "checkpoint_path": path}
+        append_line(self.path, json.dumps(entry))
 
 
 def run_name(trial_id: str) -> str:
@@ -62,54 +62,52 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
     name = run_name(trial_id)
     config = trial_config(base, knobs, name, runs)
     resume = run_exists(runs, name)
-    record_attempt(Path(ray.tune.get_context().get_trial_dir()), resume)
+    record_attempt(runs, name, resume)
     with tracked(None, parent=search_run, kind="trial", name=name, identity=trial_identity(runs, name),
                  resume=resume, params=config.model_dump(mode="json")) as run:
         if run:
             run.set_tags({**training_tags(config), TRIAL_ID: trial_id,
                           **{f"atflrec.knob.{k}": json.dumps(v) for k, v in knobs.items()}})
-        log = ReportLog(str(Path(runs) / name / REPORTS_FILE))
+        log = ReportLog(join(runs, name, REPORTS_FILE))
         trainer = build_trainer(config, resume=resume, callbacks=[log, TuneReportCallback()], tracking=run.ref)
         outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
         log_outcome(run, outcome.metrics, artifact=None)
     summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint,
                "resumed_from": outcome.resumed_from}  # set when a lost worker group was replaced in the run
-    (Path(runs) / name / OUTCOME_FILE).write_text(json.dumps(summary) + "\n")
+    write_text(join(runs, name, OUTCOME_FILE), json.dumps(summary) + "\n")
 
 
-def record_attempt(trial_dir: Path, resumed: bool) -> None:
+def record_attempt(runs: str, name: str, resumed: bool) -> None:
     """One line per start of a trial's driver: a retry (Tune's ``trial_max_failures``, after e.g. a
-    lost node) or a restored search starts it again, resuming its Train run when one exists."""
+    lost node) or a restored search starts it again, resuming its Train run when one exists. (Written
+    after ``resume`` is decided: a retry that finds only this file resumes a run with no checkpoint,
+    which starts from the beginning.)"""
     import ray
 
     entry = {"started": time.time(), "resumed_run": resumed, "node_id": ray.get_runtime_context().get_node_id()}
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    with open(trial_dir / ATTEMPTS_FILE, "a") as log:
-        log.write(json.dumps(entry) + "\n")
+    append_line(join(runs, name, ATTEMPTS_FILE), json.dumps(entry))
 
 
-def read_attempts(trial_dir: Path) -> list[dict[str, Any]]:
-    path = trial_dir / ATTEMPTS_FILE
-    lines = path.read_text().splitlines() if path.is_file() else []
+def read_attempts(runs: str, name: str) -> list[dict[str, Any]]:
+    lines = (read_text(join(runs, name, ATTEMPTS_FILE)) or "").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
 def trial_identity(runs: str, name: str) -> str:
-    return f"trial:{Path(runs).resolve()}/{name}"
+    return f"trial:{join(runs, name)}"
 
 
 def read_outcome(runs: str, name: str) -> dict[str, Any] | None:
     """A finished trial's final metrics (the final splits of its best checkpoint), or None."""
-    path = Path(runs) / name / OUTCOME_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    text = read_text(join(runs, name, OUTCOME_FILE))
+    return json.loads(text) if text is not None else None
 
 
 def read_reports(runs: str, name: str) -> list[dict[str, Any]]:
     """A trial's reports, one per (stage, epoch) in order (a resumed run may repeat the one it was
     killed at; the later wins); ``[]`` before the first."""
-    path = Path(runs) / name / REPORTS_FILE
     latest: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for line in (read_text(join(runs, name, REPORTS_FILE)) or "").splitlines():
         try:
             report = json.loads(line)
         except json.JSONDecodeError:  # a line cut short when the run was killed

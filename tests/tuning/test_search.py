@@ -187,8 +187,8 @@ def test_the_final_sweep_prunes_a_trial_that_stopped_early(search: Search, tmp_p
     assert record.status == "stopped"
 
     before = len(list((runs / f"trial-{trial_id}").glob("checkpoint-*")))
-    assert prune_stopped([record], runs, best=record) == before - 1
+    assert prune_stopped([record], str(runs), best=record) == before - 1
     left = list((runs / f"trial-{trial_id}").glob("checkpoint-*"))
     assert [str(p) for p in left] == [record.best["checkpoint_path"]]
-    assert prune_stopped([record], runs, best=None) == 1
+    assert prune_stopped([record], str(runs), best=None) == 1
     assert not list((runs / f"trial-{trial_id}").glob("checkpoint-*"))
