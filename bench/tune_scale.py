@@ -105,7 +105,10 @@ class Watch(threading.Thread):
         self.gcs = psutil.Process(cluster.gcs_pid)
 
     def started_trials(self) -> int:
-        return sum(1 for _ in (self.out / "search").glob("trial-*/attempts.jsonl"))
+        from atflrec.tuning.search import RUNS
+        from atflrec.tuning.trial import ATTEMPTS_FILE
+
+        return sum(1 for _ in (self.out / RUNS).glob(f"trial-*/{ATTEMPTS_FILE}"))
 
     def run(self) -> None:
         me = psutil.Process()
