@@ -105,6 +105,7 @@ def append_line(uri: str, line: str) -> None:
     """Append one line to a log with one writer. Objects cannot be appended to: remotely the log is
     rewritten whole (logs here hold a line per validation, so this stays small)."""
     if not is_remote(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
         with open(uri, "a") as log:
             log.write(line + "\n")
         return

@@ -62,7 +62,6 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
     name = run_name(trial_id)
     config = trial_config(base, knobs, name, runs)
     resume = run_exists(runs, name)
-    record_attempt(runs, name, resume)
     with tracked(None, parent=search_run, kind="trial", name=name, identity=trial_identity(runs, name),
                  resume=resume, params=config.model_dump(mode="json")) as run:
         if run:
@@ -70,6 +69,7 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
                           **{f"atflrec.knob.{k}": json.dumps(v) for k, v in knobs.items()}})
         log = ReportLog(join(runs, name, REPORTS_FILE))
         trainer = build_trainer(config, resume=resume, callbacks=[log, TuneReportCallback()], tracking=run.ref)
+        record_attempt(runs, name, resume)  # after build_trainer's check that a new run's dir is not there yet
         outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
         log_outcome(run, outcome.metrics, artifact=None)
     summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint,
@@ -79,9 +79,8 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
 
 def record_attempt(runs: str, name: str, resumed: bool) -> None:
     """One line per start of a trial's driver: a retry (Tune's ``trial_max_failures``, after e.g. a
-    lost node) or a restored search starts it again, resuming its Train run when one exists. (Written
-    after ``resume`` is decided: a retry that finds only this file resumes a run with no checkpoint,
-    which starts from the beginning.)"""
+    lost node) or a restored search starts it again, resuming its Train run when one exists. (A retry
+    that finds only this file resumes a run with no checkpoint, which starts from the beginning.)"""
     import ray
 
     entry = {"started": time.time(), "resumed_run": resumed, "node_id": ray.get_runtime_context().get_node_id()}
