@@ -19,6 +19,13 @@ restart, and the log says so). After the last stage every rank loads the best ch
 validation score) into a plain model and the final splits are scored with it: the reported test
 metrics are the exported model's.
 
+Under ZeRO-3 every model a worker builds has its base built straight into partitions
+(``deepspeed.zero.Init`` through transformers, see :func:`~atflrec.base_model.fetch.load_base_model`):
+no worker ever holds the whole base model, so a model larger than one worker's memory trains. The
+trained parts (adapters, encoder, fusion) are built whole, take their tensors from checkpoints as
+in a plain model, and the engine partitions them. The final evaluation's model gets an engine
+without an optimizer: its hooks gather each layer for its forward.
+
 What Tune hears: every report carries ``val_auc``, the validation AUC of what the stage trains
 (an adapter's own scores in its stage; the whole model's in a fusion stage or a single-stage
 strategy). ``model_evals``, ASHA's time unit, is only in reports of the last stage, whose scores
@@ -46,6 +53,7 @@ from atflrec.model.artifact import load_weights, save_artifact
 from atflrec.model.batch import Batch
 from atflrec.model.fusion import STRATEGIES, Stage, stage_rows
 from atflrec.model.network import ATFLRecModel
+from atflrec.training.deepspeed_config import zero_stage
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
 from atflrec.training.loop import (
@@ -364,9 +372,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             say(f"{run_name}: {message}")
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32  # halves host memory for big models
+    zero3_config = ds_config if zero_stage(ds_config) == 3 else None
 
     def fresh_model() -> ATFLRecModel:
-        model = build_model(config.model, config.seed, device, dtype)
+        model = build_model(config.model, config.seed, device, dtype, zero3_config=zero3_config)
         fit_audio_normalisation(model, loop_config["train_items"], features)
         return model
 
@@ -411,15 +420,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         del loop, model
         if index < len(stages) - 1:
             progress.next_stage()
-    final = final_evaluation(config, loop_config, features, fresh_model, rank, world)
+    final = final_evaluation(config, loop_config, features, fresh_model, rank, world, zero3_config)
     if final is None:
         return None
     return {**final, "history": progress.history, "losses": progress.losses, "resumed_from": resumed_from}
 
 
 def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features: dict[str, np.ndarray],
-                     fresh_model: Any, rank: int, world: int) -> dict[str, Any] | None:
-    """Score the final splits with the best checkpoint loaded into a plain model (no DeepSpeed)."""
+                     fresh_model: Any, rank: int, world: int,
+                     zero3_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Score the final splits with the best checkpoint loaded into a fresh model (no optimizer)."""
     import ray.train
 
     best = best_reported_checkpoint()
@@ -427,6 +437,11 @@ def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features:
     if best is not None:
         with best.as_directory() as directory:
             load_weights(model, directory)
+    if zero3_config is not None:
+        import deepspeed
+
+        # The base is partitioned: without an optimizer the engine only gathers each layer for its forward.
+        deepspeed.initialize(model=model, config=zero3_config)
     model.eval()
     collator = make_collator(model, features)
     metrics = {}
