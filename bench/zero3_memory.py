@@ -77,19 +77,29 @@ def llama_config(shape: LlamaShape, tokenizer: Any) -> Any:
     )
 
 
+def tensor_shapes(config: Any) -> dict[str, torch.Size]:
+    """Every tensor of the model's checkpoint, without allocating it."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return {name: p.shape for name, p in LlamaForCausalLM(config).state_dict().items()}
+
+
 def write_random_llama(shape: LlamaShape, directory: Path, seed: int = 0) -> int:
     """A Hugging Face model directory of a random Llama of ``shape`` (float32, sharded), initialised
-    as transformers does (normal(0, 0.02) matrices, unit norms), one shard in memory at a time;
-    returns its parameter count. The tokenizer is the tests' tiny one: ids stay far below the vocabulary."""
+    as transformers does (normal(0, 0.02) matrices, unit norms), one shard in memory at a time, or
+    the one already there; returns its parameter count. The tokenizer is the tests' tiny one: ids
+    stay far below the vocabulary."""
     from safetensors.torch import save_file
-    from transformers import LlamaForCausalLM
 
     from atflrec.testing import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     config = llama_config(shape, tokenizer)
-    with torch.device("meta"):  # names and shapes only
-        shapes = {name: p.shape for name, p in LlamaForCausalLM(config).state_dict().items()}
+    shapes = tensor_shapes(config)
+    params = sum(s.numel() for s in shapes.values())
+    if (directory / "config.json").is_file():  # written last: a complete model from an earlier run
+        return params
     generator = torch.Generator().manual_seed(seed)
     directory.mkdir(parents=True, exist_ok=True)
     weight_map: dict[str, str] = {}
@@ -102,21 +112,22 @@ def write_random_llama(shape: LlamaShape, directory: Path, seed: int = 0) -> int
         shard[name] = torch.ones(size) if len(size) == 1 else torch.empty(size).normal_(0.0, 0.02, generator=generator)
         weight_map[name] = f"shard-{number:05d}.safetensors"
     save_file(shard, str(directory / f"shard-{number:05d}.safetensors"))
-    params = sum(s.numel() for s in shapes.values())
     index = {"metadata": {"total_size": params * 4}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
-    config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    config.save_pretrained(directory)
     return params
 
 
 def prepare_data(work: Path) -> None:
-    """Tiny benchmark data, 8-bin features and samples with 2-item histories under ``work``."""
+    """Tiny benchmark data, 8-bin features and samples with 2-item histories under ``work`` (kept if there)."""
     from atflrec.data.format import load_dataset
     from atflrec.data.synth import SynthConfig, generate
     from atflrec.features.pipeline import FeatureConfig, build_feature_store
     from atflrec.samples import SampleConfig, make_samples
 
+    if (work / "samples" / "samples.json").is_file():  # written last: a finished set
+        return
     generate(SynthConfig(users=6, items=16, clip_seconds=0.5, interactions_per_user=(6, 8)), work / "data")
     build_feature_store(work / "data", str(work / "features"), FeatureConfig(n_mels=[N_MELS], clip_seconds=0.5))
     make_samples(load_dataset(work / "data"), work / "samples",
@@ -133,7 +144,7 @@ def train_config(work: Path, model_dir: Path) -> TrainConfig:
         "eval_splits": ["val"], "eval_batch_size": 1,
         "deepspeed": {"config": "deepspeed/zero3_cpu"},
         "scaling": {"num_workers": WORKERS, "cpus_per_worker": 1},
-        "run": {"name": "zero3-memory", "storage_path": str(work / "runs"), "keep_best": 1},
+        "run": {"name": f"zero3-memory-{time.time_ns()}", "storage_path": str(work / "runs"), "keep_best": 1},
     })
 
 
@@ -337,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between memory samples (the peaks are the kernel's)")
     parser.add_argument("--note", help="anything else running on the machine")
     args = parser.parse_args(argv)
+    # On a shared machine: should memory run out, the kernel ends this benchmark (and the Ray
+    # processes it starts, which inherit the setting), not the machine's other work.
+    Path("/proc/self/oom_score_adj").write_text("1000")
     with tempfile.TemporaryDirectory(prefix="zero3-memory-") as tmp:
         result = run_benchmark(args.size, args.work or Path(tmp), args.interval)
     write_result(result, args.out, args.note)
