@@ -60,6 +60,7 @@ class LlamaShape:
 
 SIZES = {
     "1b": LlamaShape(hidden=2048, layers=18, intermediate=5504, heads=16, vocab=32000),
+    "270m": LlamaShape(hidden=1024, layers=16, intermediate=2752, heads=16, vocab=32000),
     "tiny": LlamaShape(hidden=64, layers=2, intermediate=128, heads=4, vocab=512),
 }
 
@@ -242,7 +243,8 @@ def whole_build_peak(model_dir: Path) -> float:
         "import json, resource, sys\n"
         "from atflrec.model.network import ModelConfig\n"
         "from atflrec.training.local import build_model\n"
-        f"build_model(ModelConfig(base_model=sys.argv[1], encoder={{'n_mels': {N_MELS}, 'width': 16}}))\n"
+        f"model = build_model(ModelConfig(base_model=sys.argv[1], encoder={{'n_mels': {N_MELS}, 'width': 16}}))\n"
+        "sum(float(p.sum()) for p in model.parameters())\n"  # weights are read lazily from the file: touch them all
         "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"  # KiB on Linux
     )
     done = subprocess.run([sys.executable, "-c", script, str(model_dir)], capture_output=True, text=True, check=True)

@@ -34,6 +34,7 @@ are the whole model's: a separate-adapter trial is compared at a rung only once 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -73,6 +74,7 @@ FEATURES, VAL = "features", "val"
 ROW_INDEX = "row_index"  # the train dataset's extra column: each row's place in the training table
 SCORE = "selection_score"
 MODEL_EVALS = "model_evals"  # ASHA's time unit: validations of the whole model (last stage only)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclass
@@ -111,6 +113,18 @@ def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # --- distributed helpers ------------------------------------------------------------------------
+
+def return_freed_blocks() -> None:
+    """Under ZeRO-3 a worker gathers and frees each layer's parameters over and over. glibc serves
+    blocks of up to 32 MB from its heap once its mmap threshold has adapted, and the heap fragments
+    and keeps them: building a partitioned 0.27B model, a worker was left holding 2.4x its
+    partition. A fixed 1 MiB threshold maps every large block on its own, returned when freed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # another C library
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
 
 def trained_parameters(model: ATFLRecModel) -> list[torch.nn.Parameter]:
     """Every parameter any stage trains: all adapters' LoRA weights, the encoder, the fusion."""
@@ -373,6 +387,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32  # halves host memory for big models
     zero3_config = ds_config if zero_stage(ds_config) == 3 else None
+    if zero3_config is not None:
+        return_freed_blocks()
 
     def fresh_model() -> ATFLRecModel:
         model = build_model(config.model, config.seed, device, dtype, zero3_config=zero3_config)
