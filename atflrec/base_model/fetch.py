@@ -9,7 +9,9 @@ never leaves a half entry behind.
 
 ``resolve_base_model`` turns the base-model config value (a built-in name, a local model
 directory or a hub id) into something ``from_pretrained`` accepts; ``load_base_model`` is the
-single place the rest of the code loads base models from.
+single place the rest of the code loads base models from. Given a ZeRO-3 DeepSpeed config it builds
+the model straight into this rank's partitions (``partitioned_init``), so no rank of a DeepSpeed
+group holds the whole model in memory.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -250,19 +254,50 @@ def resolve_base_model(ref: str, cache_dir: str | Path | None = None) -> str:
     )
 
 
+@contextmanager
+def partitioned_init(zero3_config: dict[str, Any] | None) -> Iterator[None]:
+    """While open, transformers builds models under ``deepspeed.zero.Init`` (a no-op for ``None``).
+
+    transformers reads the DeepSpeed config through a weak reference that ``HfDeepSpeedConfig``
+    sets, so the object is held here until the model is built. ``from_pretrained`` then creates each
+    parameter as this rank's partition, rank 0 reads the checkpoint, and each layer is gathered,
+    filled and re-partitioned in turn. Needs torch.distributed initialised (a Ray Train worker).
+    Closed right after: other models built in the process (adapters, encoder) stay whole until
+    the DeepSpeed engine partitions them.
+    """
+    if zero3_config is None:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    held = HfDeepSpeedConfig(zero3_config)
+    if not held.is_zero3():
+        raise ValueError("partitioned_init needs a ZeRO stage 3 DeepSpeed config")
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del held
+
+
 def load_base_model(
-    ref: str, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None
+    ref: str, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None,
+    zero3_config: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for a base-model config value (see ``resolve_base_model``).
 
     If the tokenizer has no pad token, its EOS token is used as the pad token (and set on the
     model config) so prompts can be batched; padded positions are masked by the attention mask.
+    With ``zero3_config`` (a ZeRO-3 DeepSpeed config) the model is built partitioned across the
+    process group (:func:`partitioned_init`): its parameters hold only this rank's slice.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Resolved first: a built-in model's GGUF conversion builds whole models and must not be partitioned.
     source = resolve_base_model(ref, cache_dir=cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    with partitioned_init(zero3_config):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:

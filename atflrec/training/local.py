@@ -66,11 +66,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(config: ModelConfig, seed: int = 0, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> ATFLRecModel:
-    """Base model (in ``dtype``) + fresh adapters, encoder and fusion (initialised from ``seed``)."""
+                dtype: torch.dtype = torch.float32, zero3_config: dict[str, Any] | None = None) -> ATFLRecModel:
+    """Base model (in ``dtype``) + fresh adapters, encoder and fusion (initialised from ``seed``).
+    With ``zero3_config`` the base model is built partitioned (see
+    :func:`~atflrec.base_model.fetch.load_base_model`); the rest stays whole until DeepSpeed's
+    engine partitions it, so trained tensors load into it as into a plain model."""
     from atflrec.base_model.fetch import load_base_model
 
-    base, tokenizer = load_base_model(config.base_model, dtype=dtype)
+    base, tokenizer = load_base_model(config.base_model, dtype=dtype, zero3_config=zero3_config)
     torch.manual_seed(seed)
     return ATFLRecModel(config, base, tokenizer).to(device)
 

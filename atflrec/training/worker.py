@@ -19,6 +19,13 @@ restart, and the log says so). After the last stage every rank loads the best ch
 validation score) into a plain model and the final splits are scored with it: the reported test
 metrics are the exported model's.
 
+Under ZeRO-3 every model a worker builds has its base built straight into partitions
+(``deepspeed.zero.Init`` through transformers, see :func:`~atflrec.base_model.fetch.load_base_model`):
+no worker ever holds the whole base model, so a model larger than one worker's memory trains. The
+trained parts (adapters, encoder, fusion) are built whole, take their tensors from checkpoints as
+in a plain model, and the engine partitions them. The final evaluation's model gets an engine
+without an optimizer: its hooks gather each layer for its forward.
+
 What Tune hears: every report carries ``val_auc``, the validation AUC of what the stage trains
 (an adapter's own scores in its stage; the whole model's in a fusion stage or a single-stage
 strategy). ``model_evals``, ASHA's time unit, is only in reports of the last stage, whose scores
@@ -27,6 +34,7 @@ are the whole model's: a separate-adapter trial is compared at a rung only once 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -47,6 +55,7 @@ from atflrec.model.batch import Batch
 from atflrec.model.fusion import STRATEGIES, Stage, stage_rows
 from atflrec.model.network import ATFLRecModel
 from atflrec.storage import uri_of
+from atflrec.training.deepspeed_config import zero_stage
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
 from atflrec.training.loop import (
@@ -66,6 +75,7 @@ FEATURES, VAL = "features", "val"
 ROW_INDEX = "row_index"  # the train dataset's extra column: each row's place in the training table
 SCORE = "selection_score"
 MODEL_EVALS = "model_evals"  # ASHA's time unit: validations of the whole model (last stage only)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclass
@@ -104,6 +114,18 @@ def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # --- distributed helpers ------------------------------------------------------------------------
+
+def return_freed_blocks() -> None:
+    """Under ZeRO-3 a worker gathers and frees each layer's parameters over and over. glibc serves
+    blocks of up to 32 MB from its heap once its mmap threshold has adapted, and the heap fragments
+    and keeps them: building a partitioned 0.27B model, a worker was left holding 2.4x its
+    partition. A fixed 1 MiB threshold maps every large block on its own, returned when freed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # another C library
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
 
 def trained_parameters(model: ATFLRecModel) -> list[torch.nn.Parameter]:
     """Every parameter any stage trains: all adapters' LoRA weights, the encoder, the fusion."""
@@ -365,9 +387,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             say(f"{run_name}: {message}")
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32  # halves host memory for big models
+    zero3_config = ds_config if zero_stage(ds_config) == 3 else None
+    if zero3_config is not None:
+        return_freed_blocks()
 
     def fresh_model() -> ATFLRecModel:
-        model = build_model(config.model, config.seed, device, dtype)
+        model = build_model(config.model, config.seed, device, dtype, zero3_config=zero3_config)
         fit_audio_normalisation(model, loop_config["train_items"], features)
         return model
 
@@ -412,15 +437,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         del loop, model
         if index < len(stages) - 1:
             progress.next_stage()
-    final = final_evaluation(config, loop_config, features, fresh_model, rank, world)
+    final = final_evaluation(config, loop_config, features, fresh_model, rank, world, zero3_config)
     if final is None:
         return None
     return {**final, "history": progress.history, "losses": progress.losses, "resumed_from": resumed_from}
 
 
 def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features: dict[str, np.ndarray],
-                     fresh_model: Any, rank: int, world: int) -> dict[str, Any] | None:
-    """Score the final splits with the best checkpoint loaded into a plain model (no DeepSpeed)."""
+                     fresh_model: Any, rank: int, world: int,
+                     zero3_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Score the final splits with the best checkpoint loaded into a fresh model (no optimizer)."""
     import ray.train
 
     best = best_reported_checkpoint()
@@ -428,6 +454,11 @@ def final_evaluation(config: TrainConfig, loop_config: dict[str, Any], features:
     if best is not None:
         with best.as_directory() as directory:
             load_weights(model, directory)
+    if zero3_config is not None:
+        import deepspeed
+
+        # The base is partitioned: without an optimizer the engine only gathers each layer for its forward.
+        deepspeed.initialize(model=model, config=zero3_config)
     model.eval()
     collator = make_collator(model, features)
     metrics = {}

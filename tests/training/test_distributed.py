@@ -87,6 +87,19 @@ def test_a_run_finishes_and_its_best_checkpoint_reproduces_the_trainer_scores(be
     assert np.allclose(scores, [trainer_scores[r["sample_id"]] for r in val], atol=1e-5)
 
 
+def test_zero3_with_a_partitioned_base_takes_the_steps_zero2_takes(benchmark, tiny_base_dir, tmp_path):
+    """ZeRO-3 builds the base model straight into partitions (each worker a half); the training is
+    the same: 2 workers, same seed, the same losses, validation AUCs and final metrics as ZeRO-2."""
+    runs = {zero: train(_config(benchmark, tiny_base_dir, tmp_path, out=None, **{
+        "deepspeed.config": f"deepspeed/{zero}", "run.name": zero, "optim.epochs": 1}))
+        for zero in ("zero2_cpu", "zero3_cpu")}
+    two, three = runs["zero2_cpu"], runs["zero3_cpu"]
+    assert len(two.losses["shared"]) == _steps(_config(benchmark, tiny_base_dir, tmp_path, **{"optim.epochs": 1}), 1)
+    assert np.allclose(three.losses["shared"], two.losses["shared"], rtol=1e-4, atol=1e-5)
+    assert [h["val_auc"] for h in three.history] == pytest.approx([h["val_auc"] for h in two.history], abs=1e-6)
+    assert three.metrics["test"]["log_loss"] == pytest.approx(two.metrics["test"]["log_loss"], rel=1e-4)
+
+
 def _features(config: TrainConfig, rows) -> dict:
     import pyarrow as pa
 
