@@ -14,11 +14,13 @@ is published with the file its readers require put last (:func:`publish_dir`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -89,6 +91,18 @@ def read_text(uri: str) -> str | None:
         return None
     with fs.open_input_stream(path) as stream:
         return stream.read().decode("utf-8")
+
+
+def read_json_lines(uri: str) -> list[Any]:
+    """A JSON-lines log's entries, ``[]`` when there is none; a line cut short by a killed writer is
+    skipped."""
+    entries = []
+    for line in (read_text(uri) or "").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def write_text(uri: str, text: str) -> None:

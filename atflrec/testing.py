@@ -1,4 +1,5 @@
-"""Tiny stand-ins for the real base model, built locally in well under a second, for tests.
+"""Tiny stand-ins for the real base model, built locally in well under a second, for tests; and
+:func:`registered_checkpoint`, for tests that interrupt a run.
 
 ``build_tiny_base(dir)`` writes a Hugging Face model directory (a 2-layer Llama and a byte-level
 BPE tokenizer with a ChatML chat template) that ``load_base_model(dir)`` reads like the real
@@ -8,6 +9,7 @@ fallback) while "Yes"/"No" stay single tokens, with and without a leading space.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -62,3 +64,16 @@ def build_tiny_base(directory: str | Path, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def registered_checkpoint(run: str | Path) -> bool:
+    """Whether Ray Train has recorded a checkpoint in the snapshot of run directory ``run`` (a path
+    or URI). A checkpoint's directory appears before the controller registers it, and a run killed
+    in between resumes from scratch, so a test that interrupts a run waits for this."""
+    from atflrec.storage import join, read_text
+
+    try:
+        snapshot = json.loads(read_text(join(str(run), "checkpoint_manager_snapshot.json")) or "{}")
+    except json.JSONDecodeError:  # being rewritten
+        return False
+    return snapshot.get("latest_checkpoint_result") is not None

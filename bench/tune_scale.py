@@ -153,18 +153,8 @@ def rates(ends: list[float], started: float, window: int) -> list[dict[str, floa
     return out
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    """A JSON-lines log; a line cut short by a killed process is skipped."""
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
 def outcome_counts(out: Path, trials: int) -> dict[str, Any]:
+    from atflrec.storage import read_json_lines
     from atflrec.tuning.search import EXPERIMENT, RUNS
     from atflrec.tuning.trial import REPORTS_FILE
 
@@ -172,7 +162,7 @@ def outcome_counts(out: Path, trials: int) -> dict[str, Any]:
     repeated = []
     for run in (out / RUNS).glob("trial-*"):
         path = run / REPORTS_FILE
-        keys = [(r["stage_index"], r["epoch"]) for r in read_lines(path)]
+        keys = [(r["stage_index"], r["epoch"]) for r in read_json_lines(str(path))]
         if len(keys) != len(set(keys)):
             repeated.append(run.name)
     statuses = [r["status"] for r in rows]

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from atflrec.cluster.local import train_worker_pids
 from atflrec.training.distributed import train
 from atflrec.training.distributed_config import TrainConfig
 
@@ -179,27 +180,6 @@ def status_gb(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM", "RssAnon"):
             values[key] = int(rest.split()[0]) * 1024 / GB
     return values
-
-
-def is_train_worker(process: Any) -> bool:
-    return "RayTrainWorker" in " ".join(process.cmdline())
-
-
-def train_worker_pids() -> list[int]:
-    """This driver's Ray Train workers: descendants of its raylet (other Ray clusters on the machine
-    have theirs) named ``RayTrainWorker``, less the processes they fork (which inherit the name)."""
-    import psutil
-    import ray
-
-    raylet = psutil.Process(ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid)
-    pids = []
-    for process in raylet.children(recursive=True):
-        try:
-            if is_train_worker(process) and not is_train_worker(process.parent()):
-                pids.append(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
 
 
 @dataclass

@@ -7,10 +7,17 @@ every process on it are killed, with no graceful drain. Drivers connect with ``a
 process started with ``ray.init(address=...)`` or a stage's ``address=`` setting) and attach to
 the head, so removing a worker node never takes the driver, nor the Train controller that Ray
 places beside it.
+
+The head runs Ray's dashboard, as a real head does: Ray Train starts a placement-group cleaner per
+run that asks the state API (served by the dashboard) whether the run's controller still lives.
+Without it, the cleaner of every run whose controller was killed (each trial ASHA stops) polls
+forever, a 200 MB process apiece.
 """
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,14 +28,13 @@ NODE_REGISTER_TIMEOUT_S = 120
 
 
 class LocalCluster:
-    def __init__(self, nodes: int, cpus_per_node: float = 1, object_store_mb: int = 150,
-                 dashboard_port: int | None = None) -> None:
+    def __init__(self, nodes: int, cpus_per_node: float = 1, object_store_mb: int = 150) -> None:
         from ray.cluster_utils import Cluster
 
+        (dashboard_port,) = free_ports(1)
         head: dict[str, Any] = {"num_cpus": 0, "object_store_memory": object_store_mb * 2**20,
-                                "include_dashboard": dashboard_port is not None}
-        if dashboard_port is not None:
-            head |= {"dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
+                                "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                "dashboard_port": dashboard_port}
         with _address_file_kept():
             self._cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
         self._node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20}
@@ -43,7 +49,7 @@ class LocalCluster:
 
     @property
     def dashboard_url(self) -> str:
-        """For Ray's state API (``ray.util.state``); only with ``dashboard_port``."""
+        """For Ray's state API (``ray.util.state``)."""
         return f"http://{self._cluster.head_node.webui_url}"
 
     @property
@@ -64,28 +70,10 @@ class LocalCluster:
         self._cluster.wait_for_nodes(timeout=NODE_REGISTER_TIMEOUT_S)
         return node.node_id
 
-    def node_of(self, pid: int) -> str | None:
-        """The node whose raylet started process ``pid`` (a Ray worker), or None."""
-        import psutil
-
-        raylets = {self._raylet_pid(node): node.node_id for node in self._cluster.list_all_nodes()}
-        try:
-            process: Any = psutil.Process(pid)
-            while process is not None:
-                if process.pid in raylets:
-                    return raylets[process.pid]
-                process = process.parent()
-        except psutil.NoSuchProcess:
-            return None
-        return None
-
     def train_workers(self) -> dict[int, str]:
         """This cluster's live Ray Train worker processes: pid -> node id."""
-        import psutil
-
-        nodes = {p.pid: self.node_of(p.pid) for p in psutil.process_iter(["cmdline"])
-                 if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])}
-        return {pid: node for pid, node in nodes.items() if node is not None}
+        return {pid: node.node_id for node in self._cluster.list_all_nodes()
+                for pid in train_worker_pids(self._raylet_pid(node))}
 
     def remove(self, node_id: str) -> None:
         """Lose a worker node: kill its raylet and the processes on it (no drain)."""
@@ -135,6 +123,51 @@ def local_cluster(nodes: int, **kwargs: Any) -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.shutdown()
+
+
+def train_worker_pids(raylet_pid: int | None = None) -> list[int]:
+    """The live Ray Train worker processes a raylet started (by default the raylet of the node this
+    driver started), less the processes they fork, which inherit the name. (Ray's state API would
+    say this only where the dashboard runs.)"""
+    import psutil
+
+    if raylet_pid is None:
+        import ray
+
+        raylet_pid = ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid
+
+    def is_train_worker(process: Any) -> bool:
+        return "RayTrainWorker" in " ".join(process.cmdline())
+
+    pids = []
+    try:
+        processes = psutil.Process(raylet_pid).children(recursive=True)
+    except psutil.NoSuchProcess:  # a node being removed
+        return []
+    for process in processes:
+        try:
+            if is_train_worker(process) and not is_train_worker(process.parent()):
+                pids.append(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports that are free right now, below the kernel's ephemeral range (32768+), so an
+    outgoing connection elsewhere on this shared machine cannot take one before Ray binds it, and
+    above Ray's default worker ports (10002-19999), which other Ray instances here may use."""
+    ports: list[int] = []
+    for port in random.sample(range(20000, 32768), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # all interfaces: also refuses a port bound on loopback only
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"found only {len(ports)} of {count} free ports in 20000-32767")
 
 
 def wait_for(condition: Any, timeout_s: float, interval_s: float = 0.5) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray.train import UserCallback
 
-from atflrec.storage import append_line, join, read_text, uri_of, write_text
+from atflrec.storage import append_line, join, read_json_lines, read_text, uri_of, write_text
 from atflrec.tracking import RunRef, tracked
 from atflrec.training.distributed import build_trainer, outcome_of, run_exists
 from atflrec.training.tracking import log_outcome, training_tags
@@ -88,8 +88,7 @@ def record_attempt(runs: str, name: str, resumed: bool) -> None:
 
 
 def read_attempts(runs: str, name: str) -> list[dict[str, Any]]:
-    lines = (read_text(join(runs, name, ATTEMPTS_FILE)) or "").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return read_json_lines(join(runs, name, ATTEMPTS_FILE))
 
 
 def trial_identity(runs: str, name: str) -> str:
@@ -106,10 +105,6 @@ def read_reports(runs: str, name: str) -> list[dict[str, Any]]:
     """A trial's reports, one per (stage, epoch) in order (a resumed run may repeat the one it was
     killed at; the later wins); ``[]`` before the first."""
     latest: dict[tuple[int, int], dict[str, Any]] = {}
-    for line in (read_text(join(runs, name, REPORTS_FILE)) or "").splitlines():
-        try:
-            report = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short when the run was killed
-            continue
+    for report in read_json_lines(join(runs, name, REPORTS_FILE)):
         latest[(report["stage_index"], report["epoch"])] = report
     return [latest[key] for key in sorted(latest)]

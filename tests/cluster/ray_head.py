@@ -11,10 +11,8 @@ send that token. ``ray stop`` would end every Ray on the machine; instead the he
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from atflrec.cluster.local import free_ports
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,23 +51,6 @@ class Head:
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env["RAY_AUTH_TOKEN_PATH"] = str(self.token_file)
         return env | extra
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports that are free right now, below the kernel's ephemeral range (32768+), so an
-    outgoing connection elsewhere on this shared machine cannot take one before Ray binds it, and
-    above Ray's default worker ports (10002-19999), which other Ray instances here may use."""
-    ports: list[int] = []
-    for port in random.sample(range(20000, 32768), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))  # all interfaces: also refuses a port bound on loopback only
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError(f"found only {len(ports)} of {count} free ports in 20000-32767")
 
 
 def _jobs_api_up(head: Head) -> bool:

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from ray_head import free_ports
 
 from atflrec.cli import main, parse_args
 from atflrec.cluster.jobs import auth_token, entrypoint, load_runtime_env, resolve_address
+from atflrec.cluster.local import free_ports
 from atflrec.config import ConfigError
 from atflrec.errors import UserError
 

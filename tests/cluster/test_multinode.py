@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_head import free_ports
 
-from atflrec.cluster.local import LocalCluster, wait_for
-from atflrec.testing import build_tiny_base
+from atflrec.cluster.local import LocalCluster, local_cluster, wait_for
+from atflrec.testing import build_tiny_base, registered_checkpoint
 from atflrec.tuning.trial import REPORTS_FILE
 
 pytestmark = pytest.mark.integration
@@ -45,12 +44,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cluster() -> Iterator[LocalCluster]:
-    (dashboard,) = free_ports(1)
-    cluster = LocalCluster(nodes=3, cpus_per_node=1, dashboard_port=dashboard)
-    try:
+    with local_cluster(nodes=3, cpus_per_node=1) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 def atflrec(*args: str) -> subprocess.Popen[str]:
@@ -120,15 +115,6 @@ def test_a_train_run_that_loses_a_node_resumes_from_its_checkpoint(world: Path, 
     last = json.loads(max(run_dir.glob("checkpoint-*/progress.json")).read_text())
     assert last["global_step"] == epochs * per_epoch
     assert len(last["losses"]["shared"]) == epochs * per_epoch  # each step once: none lost, none repeated
-
-
-def registered_checkpoint(run_dir: Path) -> bool:
-    """Whether Ray Train has recorded a checkpoint in the run's snapshot (see test_distributed)."""
-    try:
-        return json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text()).get(
-            "latest_checkpoint_result") is not None
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
 
 
 def test_a_search_that_loses_a_node_loses_no_trial_and_runs_none_twice(world: Path, cluster: LocalCluster,

@@ -28,6 +28,7 @@ from s3_server import SECRET, objects, s3_bucket, s3_environment
 from atflrec import storage
 from atflrec.features.store import load_features, read_manifest
 from atflrec.model.artifact import META_FILE, read_meta
+from atflrec.testing import registered_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("s3_stages.py")
@@ -42,16 +43,6 @@ class Stages:
     ray_logs: Path
     output: str  # both processes' stdout and stderr
     outcome: dict[str, Any]
-
-
-def _registered_checkpoint(run: str) -> bool:
-    """Whether Ray Train has recorded a checkpoint in the run's snapshot (a run killed before that
-    starts over)."""
-    try:
-        return json.loads(storage.read_text(f"{run}/checkpoint_manager_snapshot.json") or "{}").get(
-            "latest_checkpoint_result") is not None
-    except json.JSONDecodeError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +68,12 @@ def stages(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             first = subprocess.Popen(stage("first"), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
             deadline = time.time() + 300
-            while time.time() < deadline and first.poll() is None and not _registered_checkpoint(f"{s3}/train/run"):
+            while time.time() < deadline and first.poll() is None and not registered_checkpoint(f"{s3}/train/run"):
                 time.sleep(0.5)
             os.killpg(first.pid, signal.SIGKILL)  # the run and the Ray it started
             first.wait()
         output = (root / "first.log").read_text()
-        assert _registered_checkpoint(f"{s3}/train/run"), output[-3000:]
+        assert registered_checkpoint(f"{s3}/train/run"), output[-3000:]
         time.sleep(2)  # let the killed Ray processes go
         rest = subprocess.run(stage("rest"), cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
         output += rest.stdout + rest.stderr

@@ -81,3 +81,17 @@ def test_a_publish_killed_half_way_leaves_no_description_and_the_next_one_comple
     export_checkpoint(DirectoryCheckpoint("again"), f"{s3}/best")  # recognised as ours, replaced
     assert objects(f"{s3}/best") == {f"best/{name}": f"again:{name}".encode() for name in FILES}
     assert all(SECRET.encode() not in data for data in objects(s3).values())
+
+
+def test_a_log_cut_short_by_a_killed_writer_reads_as_its_whole_lines(tmp_path: Path) -> None:
+    from atflrec.tuning.trial import ATTEMPTS_FILE, REPORTS_FILE, read_attempts, read_reports
+
+    run = tmp_path / "trial-a"
+    run.mkdir()
+    (run / ATTEMPTS_FILE).write_text('{"started": 1.0, "resumed_run": false}\n{"started": 2.0, "resu')
+    (run / REPORTS_FILE).write_text('{"stage_index": 0, "epoch": 1, "auc": 0.5}\n'
+                                    '{"stage_index": 0, "epoch": 1, "auc": 0.6}\n{"stage_index": 0, "ep')
+    assert storage.read_json_lines(str(run / ATTEMPTS_FILE)) == [{"started": 1.0, "resumed_run": False}]
+    assert storage.read_json_lines(str(run / "absent.jsonl")) == []
+    assert read_attempts(str(tmp_path), "trial-a") == [{"started": 1.0, "resumed_run": False}]
+    assert read_reports(str(tmp_path), "trial-a") == [{"stage_index": 0, "epoch": 1, "auc": 0.6}]  # the later wins

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from atflrec.cluster.local import train_worker_pids
 from atflrec.config import merge
 from atflrec.model.artifact import load_artifact
 from atflrec.samples import read_samples
+from atflrec.testing import registered_checkpoint
 from atflrec.training.distributed import TrainingError, train
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import LocalTrainConfig, make_collator, predict, prepare_run, train_run
@@ -158,33 +160,6 @@ def test_a_fusion_stage_fit_on_validation_rows_trains_on_them_in_both_loops(benc
     expected = train_run(prepare_run(local)).losses
     for stage in ("text", "audio", "fusion"):
         assert np.allclose(outcome.losses[stage], expected[stage], rtol=1e-4, atol=1e-5), stage
-
-
-def train_worker_pids() -> list[int]:
-    """PIDs of this session cluster's Ray Train workers (children of its raylet; the state API
-    needs the dashboard, which the test cluster does not start)."""
-    import psutil
-    import ray
-
-    raylet = psutil.Process(ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid)
-    pids = []
-    for process in raylet.children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(process.cmdline()):
-                pids.append(process.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
-def registered_checkpoint(storage: Path) -> bool:
-    """Whether Ray Train has recorded a checkpoint in the run's snapshot: a checkpoint directory
-    appears before the controller registers it, and a run killed in between resumes from scratch."""
-    snapshot = storage / "checkpoint_manager_snapshot.json"
-    try:
-        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
 
 
 def test_a_killed_worker_is_replaced_and_the_run_completes(benchmark, tiny_base_dir, tmp_path):
