@@ -19,7 +19,8 @@ Records, from the search's own files (``results.parquet``, each trial's ``report
 - ``lost``: trials that ended in error or have no result (must be 0); ``repeated``: trials that
   reported some epoch twice, i.e. trained it again (must be 0);
 - ``peak_disk_mb`` of the search directory (sampled every ``--sample-s``), ``driver_rss_mb`` (peak
-  of this process, which holds Tune's trial table) and the head's GCS peak RSS;
+  of this process, which holds Tune's trial table), the head's GCS peak RSS, and the Ray worker
+  processes alive (peak and last: actors that outlive their trials would grow it);
 - ``trials_per_min``: finished trials per minute in consecutive windows of ``--window`` trials, by
   finishing order, and ``rate_last_vs_first_window`` (does scheduling overhead grow with the count?).
 
@@ -116,7 +117,8 @@ class Watch(threading.Thread):
             started = self.started_trials()
             self.samples.append({"t": time.time() - self.start_time, "disk_mb": dir_mb(self.out),
                                  "driver_rss_mb": me.memory_info().rss / 2**20,
-                                 "gcs_rss_mb": self.gcs.memory_info().rss / 2**20, "started": started})
+                                 "gcs_rss_mb": self.gcs.memory_info().rss / 2**20, "started": started,
+                                 "ray_processes": ray_processes()})
             if self.removal is None and started >= self.trials // 2:
                 self.remove_busiest_node(started)
 
@@ -131,6 +133,15 @@ class Watch(threading.Thread):
         self.removal = {"node_id": node, "train_workers_on_it": counts[node], "trials_started": started,
                         "t": time.time() - self.start_time}
         say(f"removed node {node[:12]} ({counts[node]} Train worker(s) on it) after {started} trials started")
+
+
+def ray_processes() -> int:
+    """Ray worker processes on the machine: a leak (actors that outlive their trials) grows this."""
+    count = 0
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or [""]
+        count += bool(cmdline) and cmdline[0].startswith("ray::")
+    return count
 
 
 def trial_end_times(search_dir: Path) -> list[float]:
@@ -256,6 +267,8 @@ def main() -> None:
         "final_disk_mb": round(final_disk, 1),
         "driver_rss_mb": round(max(s["driver_rss_mb"] for s in watch.samples), 1),
         "gcs_rss_mb": round(max(s["gcs_rss_mb"] for s in watch.samples), 1),
+        "ray_processes": {"peak": max(s["ray_processes"] for s in watch.samples),
+                          "last": watch.samples[-1]["ray_processes"]},
         "trials_per_min": windows,
         "rate_last_vs_first_window": round(per_min[-1] / per_min[0], 3) if len(per_min) > 1 else None,
         "seconds": round(seconds, 1),
