@@ -10,7 +10,8 @@ rows, rank 0 writes the artifact (only the trained tensors, gathered under ZeRO-
 its optimizer shard (``optimizer-rank<r>.safetensors`` + ``.json``; the torch AdamW state inside
 DeepSpeed's wrapper, so no pickle), and every rank reports: Ray Train merges the files into one
 checkpoint. A fresh model per stage keeps ZeRO-3 from re-partitioning a module it already
-partitioned.
+partitioned; a finished stage's tensors are freed (:func:`release_stage`), since DeepSpeed keeps
+a destroyed engine and its model reachable.
 
 On a restart (a worker died, or ``--resume``) Ray Train hands back the latest checkpoint: the
 stage it was in continues at the next epoch with the same weights, best tensors, early-stopping
@@ -125,6 +126,21 @@ def return_freed_blocks() -> None:
     except OSError:
         return  # another C library
     libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+def release_stage(engine: Any, model: ATFLRecModel) -> None:
+    """Destroy a stage's engine and free its model's tensors. After ``destroy()`` DeepSpeed (0.19)
+    still reaches the engine, its optimizer and the model from module-level state (ZeRO-3, for one,
+    keeps each engine's module on a stack it never pops), so each stage's model lived on until the
+    worker exited, beside the next stage's and the final evaluation's: a whole partition more per
+    stage under ZeRO-3 (about 1.9 GB at 1B parameters on 2 workers), a whole model under ZeRO-2."""
+    engine.destroy()
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            partition = getattr(tensor, "ds_tensor", None)  # a ZeRO-3 parameter's own slice
+            if partition is not None:
+                partition.data = torch.empty(0, dtype=partition.dtype, device=partition.device)
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
 
 
 def trained_parameters(model: ATFLRecModel) -> list[torch.nn.Parameter]:
@@ -433,7 +449,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         loop.run()
         with gathered(model):
             carried = trained_state(model)
-        loop.engine.destroy()
+        release_stage(loop.engine, model)
         del loop, model
         if index < len(stages) - 1:
             progress.next_stage()
