@@ -28,7 +28,7 @@ from atflrec.serving.retrieval import RetrievalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RERUN = {"features.json": "bench/features.py", "train.json": "bench/train.py", "tune.json": "bench/tune.py",
-         "serve.json": "bench/serve_load.py"}
+         "tune_scale.json": "bench/tune_scale.py", "serve.json": "bench/serve_load.py"}
 KINDS = {"S": "scenario", "M": "measured", "C": "configs", "A": "assumptions", "D": "derived"}
 SECTIONS = ("features", "training", "search", "serving", "growth")
 SERVE_SIZES = (1000, 10000, 100000)  # catalogue sizes of serve.json's recommend_p50_ms
@@ -349,12 +349,32 @@ def search_7b(ledger: Ledger, s: Scenario, ratio: Figure) -> None:
           ledger["node_gpus"])
 
 
+def search_at_scale(ledger: Ledger) -> None:
+    """What the large search (tune_scale.json) says of the driver's and the cluster's state as trials grow."""
+    m = ledger.measured
+    trials = m("tune_scale.trials", "trials in the large search (tiny model, ASHA, a node lost)", "trials",
+               "tune_scale.json", "trials")
+    for key, label in (("lost", "trials lost"), ("repeated", "trials that trained an epoch twice")):
+        m(f"tune_scale.{key}", f"{label} in it", "trials", "tune_scale.json", key)
+    m("tune_scale.rate_last_vs_first_window", "its scheduling rate, last 25 trials ÷ first 25", "",
+      "tune_scale.json", "rate_last_vs_first_window")
+    driver = m("tune_scale.driver_rss_mb", "its driver's peak RSS (Tune's trial table)", "MB", "tune_scale.json",
+               "driver_rss_mb")
+    gcs = m("tune_scale.gcs_rss_mb", "the head's GCS peak RSS", "MB", "tune_scale.json", "gcs_rss_mb")
+    m("tune_scale.peak_disk_mb", "the search directory's peak size, pruning on", "MB", "tune_scale.json",
+      "peak_disk_mb")
+    ledger.derived("search", "search_state_mb_at_scenario", "driver + GCS memory at the scenario's trials if it "
+                   "grew in proportion to the trials (an upper bound)", "MB", "({0} + {1}) × {2} ÷ {3}",
+                   lambda d, g, n, t: (d + g) * n / t, driver, gcs, ledger["trials"], trials)
+
+
 def search(ledger: Ledger, s: Scenario) -> None:
     fixed = tune_fit(ledger)
     ratio = ledger.measured("tune.reports_asha_vs_fifo", "ASHA's trial-epochs ÷ FIFO's", "", "tune.json",
                             "reports_asha_vs_fifo")
     search_cpu(ledger, s, fixed, ratio)
     search_7b(ledger, s, ratio)
+    search_at_scale(ledger)
 
 
 def serving_cpu(ledger: Ledger) -> None:
@@ -621,6 +641,11 @@ def growth_text(ledger: Ledger, s: Scenario) -> list[str]:
         "(IVF, HNSW) would make it sub-linear; none is used.",
         "- [measured] Data-parallel training: 2 workers on one 2-core machine gave "
         f"{v('train_scaling_efficiency_2w')} of twice one worker's rate{sublinear}",
+        f"- [measured] Scheduling at {v('tune_scale.trials')}: a search that lost a node half-way lost "
+        f"{v('tune_scale.lost')} and repeated {v('tune_scale.repeated')}; its last 25 trials finished at "
+        f"{v('tune_scale.rate_last_vs_first_window')} × the first 25's rate, with its driver at "
+        f"{v('tune_scale.driver_rss_mb')} and the GCS at {v('tune_scale.gcs_rss_mb')} peak RSS; even grown in "
+        f"proportion to the trials, {s.trials:,} trials' state is {v('search_state_mb_at_scenario')}.",
         "- [algorithm] ASHA's bookkeeping: Ray 2.60's `AsyncHyperBand` takes a percentile over every result "
         "recorded at a rung on each report, O(trials) per report and O(trials²) per search — of the order of "
         f"{s.trials ** 2:,} element operations per rung at {s.trials:,} trials, negligible next to the trials.",

@@ -23,6 +23,8 @@ RESULTS: dict[str, dict[str, Any]] = {
     # 10 s fixed and 2 s per trial-epoch of wall time on 2 cores: FIFO 6 × 10 + 24 × 2, ASHA 6 × 10 + 10 × 2
     "tune.json": {"date": DATE, "trials": 6, "cores": 2, "reports_asha_vs_fifo": 0.5,
                   "fifo": {"seconds": 108.0, "trial_epochs": 24}, "asha": {"seconds": 80.0, "trial_epochs": 10}},
+    "tune_scale.json": {"date": DATE, "trials": 200, "lost": 0, "repeated": 0, "rate_last_vs_first_window": 0.9,
+                        "driver_rss_mb": 300.0, "gcs_rss_mb": 100.0, "peak_disk_mb": 50.0},
     # retrieval alone: 1000 ms at 100,000 items (0.01 ms per item)
     "serve.json": {"date": DATE, "recommend": {"shared_prefix_s": 5.0, "candidates": 50},
                    "recommend_p50_ms": {"1000": 110.0, "10000": 200.0, "100000": 1100.0},
@@ -87,6 +89,7 @@ def test_search_splits_fixed_and_per_epoch_cost_and_asha_cuts_only_the_epochs(ca
     assert v["search_hours_asha_4_nodes"] == pytest.approx(v["search_core_hours_asha"] / (4 * 8))
     assert v["search_7b_gpu_hours_asha"] == pytest.approx(0.5 * v["search_7b_gpu_hours_fifo"])
     assert values(capacity, trials=2000)["search_core_hours_fifo"] == pytest.approx(2 * v["search_core_hours_fifo"])
+    assert v["search_state_mb_at_scenario"] == pytest.approx((300 + 100) * 1000 / 200)  # 200 trials scaled to 1000
 
 
 def test_serving_rerank_retrieval_and_replicas(capacity: ModuleType) -> None:
