@@ -97,6 +97,7 @@ class Watch(threading.Thread):
     """Samples disk, RSS and started trials; removes a node once half the trials have started."""
 
     def __init__(self, cluster: Any, out: Path, trials: int, every_s: float) -> None:
+        """``out``: the search's directory (its ``out`` setting)."""
         super().__init__(daemon=True)
         self.cluster, self.out, self.trials, self.every_s = cluster, out, trials, every_s
         self.samples: list[dict[str, float]] = []
@@ -243,18 +244,20 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         prepare(work)
-        watch = Watch(cluster, work, args.trials, args.sample_s)
+        settings = space(work, args.trials, args.epochs, cluster.address)
+        out = Path(settings["out"])  # the search's directory: its trials, results and Tune's state
+        watch = Watch(cluster, out, args.trials, args.sample_s)
         started = time.time()
         watch.start()
-        run_search(TuneSpace.model_validate(space(work, args.trials, args.epochs, cluster.address)))
+        run_search(TuneSpace.model_validate(settings))
         seconds = time.time() - started
         watch.done.set()
         watch.join()
-        ends = trial_end_times(work / EXPERIMENT)
-        counts = outcome_counts(work, args.trials)
+        ends = trial_end_times(out / EXPERIMENT)
+        counts = outcome_counts(out, args.trials)
         windows = rates(ends, started, args.window)
         plot(watch.samples, ends, started, watch.removal, args.out.with_suffix(".png"))
-        final_disk = dir_mb(work)
+        final_disk = dir_mb(out)
     per_min = [w["per_min"] for w in windows if w["per_min"]]
     report = {
         "benchmark": "tune_scale",

@@ -49,8 +49,23 @@ class AblationSpec(StrictModel):
     model: str = Field(description="the models[] entry it varies (by name)")
     key: str = Field(description="dotted settings key, e.g. model.encoder.pooling")
     values: list[Any] = Field(min_length=1, description="values of the key, one variant each")
+    also: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per value (as written in values), other dotted settings keys that variant needs, e.g. "
+                    "{early: {model.fusion.history_share: false}} where the model's settings do not fit the value")
     shots: list[int] | None = Field(None, description="few-shot sizes; unset: the model's")
     seeds: list[int] | None = Field(None, description="seeds; unset: the model's")
+
+    @model_validator(mode="after")
+    def _also_names_values(self) -> AblationSpec:
+        unknown = sorted(set(self.also) - {str(v) for v in self.values})
+        if unknown:
+            raise ValueError(f"also: {unknown} are not among values {self.values}")
+        return self
+
+    def variant_settings(self, value: Any) -> dict[str, Any]:
+        """The dotted settings of the variant for ``value``: the key, and what ``also`` adds for it."""
+        return {self.key: value, **self.also.get(str(value), {})}
 
 
 class QuickSettings(StrictModel):
@@ -123,7 +138,7 @@ class EvalConfig(StrictModel):
                     f"ablations.{ablation.name}.model: no model named {ablation.model!r} (models: {names})")
             spec = next(m for m in self.models if m.name == ablation.model)
             for value in ablation.values:
-                model_settings(self, spec, {ablation.key: value}, where=f"ablations.{ablation.name}")
+                model_settings(self, spec, ablation.variant_settings(value), where=f"ablations.{ablation.name}")
         return self
 
 
@@ -203,7 +218,7 @@ def plan_jobs(config: EvalConfig) -> list[Job]:
     for ablation in config.ablations:
         spec = next(m for m in config.models if m.name == ablation.model)
         for value in ablation.values:
-            settings = model_settings(config, spec, {ablation.key: value})
+            settings = model_settings(config, spec, ablation.variant_settings(value))
             for shots in ablation.shots or spec.shots or config.shots:
                 for seed in ablation.seeds or spec.seeds or config.seeds:
                     jobs.append(Job(spec.name, spec.resolved_kind, str(value), ablation.name, settings, shots, seed))

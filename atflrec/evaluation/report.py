@@ -87,7 +87,7 @@ def _variant_settings(config: EvalConfig, model: str, ablation: str, variant: st
         return model_settings(config, spec)
     spec_ablation = next(a for a in config.ablations if a.name == ablation)
     value = next(v for v in spec_ablation.values if str(v) == variant)
-    return model_settings(config, spec, {spec_ablation.key: value})
+    return model_settings(config, spec, spec_ablation.variant_settings(value))
 
 
 def _means(df: pd.DataFrame, split: str, shots: int) -> pd.DataFrame:
@@ -275,7 +275,9 @@ def _ablation_tables(df: pd.DataFrame, config: EvalConfig, splits: list[str]) ->
             cells = [_cell(rows_v[(rows_v["split"] == split) & (rows_v["shots"] == s)]["auc"])
                      for s in shots for split in splits]
             fit = rows_v.drop_duplicates(["shots", "seed"])["fit_seconds"].mean()
-            rows.append([str(value) + (" (= default)" if same else "")] + cells + [f"{fit:.1f}"])
+            also = ", ".join(f"`{k}: {v}`" for k, v in ablation.also.get(str(value), {}).items())
+            label = str(value) + (f" (with {also})" if also else "") + (" (= default)" if same else "")
+            rows.append([label] + cells + [f"{fit:.1f}"])
         out += [f"### {ablation.name}: `{ablation.key}` of {ablation.model} "
                 f"(seeds {sorted(sub['seed'].unique().tolist())})\n", _table(header, rows), ""]
     return out

@@ -218,9 +218,12 @@ class EvalOutError(UserError):
     """``--out`` holds something an evaluation must not overwrite."""
 
 
-def _results_config(data: dict[str, Any]) -> dict[str, Any]:
-    """What decides an evaluation's results: its config without where it is recorded."""
-    return {k: v for k, v in data.items() if k != "tracking"}
+def _results_config(config: EvalConfig) -> dict[str, Any]:
+    """What decides an evaluation's results: its config, every default filled in (so a record written
+    before a field existed compares by meaning), without where it is recorded."""
+    import yaml
+
+    return {k: v for k, v in yaml.safe_load(dump_config(config)).items() if k != "tracking"}
 
 
 def check_out(out: Path, config: EvalConfig, replace: bool = False) -> None:
@@ -241,9 +244,9 @@ def check_out(out: Path, config: EvalConfig, replace: bool = False) -> None:
     written = out / CONFIG_FILE
     if written.is_file() and not replace:
         try:
-            same = _results_config(yaml.safe_load(written.read_text())) == _results_config(
-                yaml.safe_load(dump_config(config)))
-        except (OSError, yaml.YAMLError, AttributeError):
+            recorded = EvalConfig.model_validate(yaml.safe_load(written.read_text()))
+            same = _results_config(recorded) == _results_config(config)
+        except (OSError, yaml.YAMLError, ValueError):  # unreadable, or no longer a valid configuration
             same = False
         if not same:
             raise EvalOutError(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from atflrec.config import StrictModel
@@ -184,6 +184,24 @@ class FusionConfig(StrictModel):
     @classmethod
     def _known(cls, value: str) -> str:
         return STRATEGIES.validate(value)
+
+    @model_validator(mode="after")
+    def _fusion_settings_need_a_fusion_stage(self) -> FusionConfig:
+        """history_share and fit_on act in a fusion stage only: a single-adapter strategy would
+        train as if they were unset, and a comparison with them set would change two things at once."""
+        if _has_fusion_stage(self.strategy):
+            return self
+        defaults = type(self).model_fields
+        set_here = [f"{key}: {getattr(self, key)!r}" for key in ("history_share", "fit_on")
+                    if getattr(self, key) != defaults[key].default]
+        if set_here:
+            raise ValueError(f"{', '.join(set_here)}: strategy {self.strategy!r} has no fusion stage for it to act in "
+                             f"(strategies with one: {', '.join(s for s in STRATEGIES if _has_fusion_stage(s))})")
+        return self
+
+
+def _has_fusion_stage(strategy: str) -> bool:
+    return any(stage.train_fusion for stage in STRATEGIES[strategy].stages())
 
 
 def stage_rows(stage: Stage, config: FusionConfig, train: Sequence[Any], validation: Sequence[Any] | None,

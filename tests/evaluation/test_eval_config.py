@@ -27,6 +27,14 @@ def _config(**changes) -> dict:
     ({"ablations": [{"name": "pooling", "model": "atflrec", "key": "model.encoder.pooling", "values": ["median"]}]},
      "ablations.pooling.settings: model.encoder.pooling: Value error, unknown pooling 'median'"),
     ({"llm": {"optim": {"lr": -1}}}, "models.atflrec.settings: optim.lr: Input should be greater than 0"),
+    ({"models": [{"name": "atflrec", "settings": {"model": {"fusion": {"strategy": "early", "history_share": True}}}}]},
+     "history_share: True: strategy 'early' has no fusion stage"),
+    ({"models": [{"name": "atflrec", "settings": {"model": {"fusion": {"history_share": True}}}}],
+      "ablations": [{"name": "lora", "model": "atflrec", "key": "model.fusion.strategy", "values": ["early"]}]},
+     "ablations.lora.settings: model.fusion: Value error, history_share: True: strategy 'early'"),
+    ({"ablations": [{"name": "lora", "model": "atflrec", "key": "model.fusion.strategy", "values": ["early"],
+                     "also": {"late_head": {"model.fusion.fit_on": "train"}}}]},
+     "also: ['late_head'] are not among values ['early']"),
     ({"shots": [16, 16]}, "shots: Value error, repeated values"),
     ({"models": [{"name": "mf", "search": {"dims": [8, 16]}}]}, "models.mf.search.settings: dims: unknown key"),
     ({"models": [{"name": "mf", "search": {"dim": [4, 8, 16], "l2": [0.1, 1.0, 10.0]}}]},
@@ -52,6 +60,19 @@ def test_jobs_cover_each_models_shots_and_seeds_grouped_by_draw() -> None:
     assert ranks == {"4": 4, "8": 8}
     default = next(j for j in jobs if j.model == "atflrec" and not j.ablation)
     assert next(j for j in jobs if j.variant == "8").settings_key == default.settings_key  # r=8 is the default
+
+
+def test_an_ablation_value_takes_the_settings_it_needs_from_also() -> None:
+    fused = {"strategy": "late_weighted", "history_share": True, "fit_on": "validation"}
+    config = build_config(EvalConfig, _config(
+        models=[{"name": "atflrec", "settings": {"model": {"fusion": fused}}}],
+        ablations=[{"name": "lora", "model": "atflrec", "key": "model.fusion.strategy",
+                    "values": ["early", "late_weighted"],
+                    "also": {"early": {"model.fusion.history_share": False, "model.fusion.fit_on": "train"}}}]))
+    variants = {j.variant: j.settings.model.fusion for j in plan_jobs(config) if j.ablation == "lora"}
+    assert (variants["early"].strategy, variants["early"].history_share, variants["early"].fit_on) == (
+        "early", False, "train")
+    assert variants["late_weighted"].model_dump() == {**variants["late_weighted"].model_dump(), **fused}
 
 
 def test_llm_defaults_merge_under_each_models_own_settings() -> None:

@@ -38,6 +38,8 @@ def test_another_configuration_is_refused_before_any_work(tmp_path) -> None:
 def test_the_same_configuration_resumes_and_replace_is_explicit(tmp_path) -> None:
     out = earlier_evaluation(tmp_path / "eval", config())
     check_out(out, config())  # a rerun of the same evaluation resumes it
+    (out / "config.yaml").write_text(dump_config(config()).replace("ablations: []\n", ""))
+    check_out(out, config())  # a record written before a field existed: its default is meant
     check_out(out, quick_config(config()), replace=True)
     check_out(tmp_path / "new", quick_config(config()))
     (tmp_path / "empty").mkdir()
