@@ -358,6 +358,8 @@ def search_at_scale(ledger: Ledger) -> None:
         m(f"tune_scale.{key}", f"{label} in it", "trials", "tune_scale.json", key)
     m("tune_scale.rate_last_vs_first_window", "its scheduling rate, last 25 trials ÷ first 25", "",
       "tune_scale.json", "rate_last_vs_first_window")
+    m("tune_scale.worker_nodes", "its 1-CPU worker nodes at the start (one is lost half-way)", "nodes",
+      "tune_scale.json", "nodes.worker_nodes")
     driver = m("tune_scale.driver_rss_mb", "its driver's peak RSS (Tune's trial table)", "MB", "tune_scale.json",
                "driver_rss_mb")
     gcs = m("tune_scale.gcs_rss_mb", "the head's GCS peak RSS", "MB", "tune_scale.json", "gcs_rss_mb")
@@ -643,7 +645,8 @@ def growth_text(ledger: Ledger, s: Scenario) -> list[str]:
         f"{v('train_scaling_efficiency_2w')} of twice one worker's rate{sublinear}",
         f"- [measured] Scheduling at {v('tune_scale.trials')}: a search that lost a node half-way lost "
         f"{v('tune_scale.lost')} and repeated {v('tune_scale.repeated')}; its last 25 trials finished at "
-        f"{v('tune_scale.rate_last_vs_first_window')} × the first 25's rate, with its driver at "
+        f"{v('tune_scale.rate_last_vs_first_window')} × the first 25's rate, on one worker node fewer than "
+        f"the {v('tune_scale.worker_nodes')} it started with, with its driver at "
         f"{v('tune_scale.driver_rss_mb')} and the GCS at {v('tune_scale.gcs_rss_mb')} peak RSS; even grown in "
         f"proportion to the trials, {s.trials:,} trials' state is {v('search_state_mb_at_scenario')}.",
         "- [algorithm] ASHA's bookkeeping: Ray 2.60's `AsyncHyperBand` takes a percentile over every result "
