@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from atflrec.cluster.local import own_dashboard
 from atflrec.model.network import ModelConfig
 from atflrec.training.distributed import train
 from atflrec.training.distributed_config import TrainConfig
@@ -99,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = prepare_data(args.work or Path(tmp))
         figures = {"plain_1t": plain(work, args.shots, args.batch_size, args.epochs)}
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(num_cpus=2, **own_dashboard())
         figures["ray_ds_1w"] = distributed(work, args.shots, args.batch_size, args.epochs, workers=1)
         figures["ray_ds_2w"] = distributed(work, args.shots, args.batch_size, args.epochs, workers=2)
         ray.shutdown()

@@ -28,6 +28,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from atflrec.cluster.local import own_dashboard
+
 PACKAGES = ("atflrec", "ray", "torch", "deepspeed", "optuna")
 
 
@@ -104,7 +106,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work, base_model = prepare(Path(args.work or tmp), args.model)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=False, **own_dashboard())
         results = {s: run(work, base_model, s, args.trials, args.epochs) for s in ("fifo", "asha")}
         ray.shutdown()
     asha, fifo = results["asha"], results["fifo"]

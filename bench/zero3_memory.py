@@ -6,7 +6,7 @@ Writes a randomly initialised Llama-architecture model (``--size 1b``: hidden 20
 MLP 5504, 16 heads, vocabulary 32000, untied head: 1.04e9 parameters, 4.2 GB in float32) as a
 sharded safetensors directory, without ever holding it whole, plus tiny benchmark data (synth,
 8-bin features, samples with 2-item histories). Then runs ``atflrec train``'s real path
-(:func:`atflrec.training.distributed.train`) with 2 CPU workers (gloo), the shipped
+(:func:`atflrec.training.distributed.train`) with ``--workers`` CPU workers (2 by default; gloo), the shipped
 ``deepspeed/zero3_cpu`` config and early fusion: 2 optimizer steps per worker, one validation,
 the final evaluation, while a thread samples every worker's memory (``/proc/<pid>/status``:
 ``VmHWM``, the kernel's peak resident set, and ``RssAnon``, resident memory not backed by a file).
@@ -39,12 +39,13 @@ from typing import Any
 
 import torch
 
-from atflrec.cluster.local import train_worker_pids
+from atflrec.cluster.local import own_dashboard, train_worker_pids
+from atflrec.io import atomic_write_text
 from atflrec.training.distributed import train
 from atflrec.training.distributed_config import TrainConfig
 
 GB = 1e9
-WORKERS = 2
+DEFAULT_WORKERS = 2
 SHARD_BYTES = 512 * 1024**2  # safetensors shard size: the writer holds one shard at a time
 PACKAGES = ("atflrec", "ray", "torch", "deepspeed", "transformers", "peft")
 N_MELS = 8
@@ -136,16 +137,17 @@ def prepare_data(work: Path) -> None:
                  SampleConfig(history_len=2, val_per_user=1, test_per_user=1, cold_item_fraction=0.0))
 
 
-def train_config(work: Path, model_dir: Path) -> TrainConfig:
-    """2 workers, ZeRO-3, early fusion; 4 training samples in micro-batches of 1: 2 steps per worker."""
+def train_config(work: Path, model_dir: Path, workers: int) -> TrainConfig:
+    """``workers`` workers, ZeRO-3, early fusion; 2 training samples per worker in micro-batches of 1:
+    2 steps per worker."""
     return TrainConfig.model_validate({
         "model": {"base_model": str(model_dir), "encoder": {"n_mels": N_MELS, "width": 16},
                   "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "fusion": {"strategy": "early"}},
-        "samples": str(work / "samples"), "features": str(work / "features"), "shots": 2 * WORKERS, "seed": 0,
+        "samples": str(work / "samples"), "features": str(work / "features"), "shots": 2 * workers, "seed": 0,
         "optim": {"lr": 1e-3, "encoder_lr": 1e-3, "batch_size": 1, "epochs": 1},
         "eval_splits": ["val"], "eval_batch_size": 1,
         "deepspeed": {"config": "deepspeed/zero3_cpu"},
-        "scaling": {"num_workers": WORKERS, "cpus_per_worker": 1},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1},
         "run": {"name": f"zero3-memory-{time.time_ns()}", "storage_path": str(work / "runs"), "keep_best": 1},
     })
 
@@ -233,21 +235,21 @@ def whole_build_peak(model_dir: Path) -> float:
 
 # --- the run ---------------------------------------------------------------------------------------
 
-def run_benchmark(size: str, work: Path, interval: float = 0.5) -> dict[str, Any]:
+def run_benchmark(size: str, work: Path, interval: float = 0.5, workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
     """Everything the result file holds, less machine and date; ``samples`` holds the timelines."""
     import ray
 
     started = not ray.is_initialized()
     if started:
         # Its own local cluster, whatever else runs on the machine; a small object store.
-        ray.init(address="local", num_cpus=WORKERS, object_store_memory=512 * 1024**2, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, object_store_memory=512 * 1024**2, log_to_driver=False,
+                 **own_dashboard())
     try:
         shape = SIZES[size]
         model_dir = work / f"llama-{size}"
         params = write_random_llama(shape, model_dir)
         prepare_data(work)
-        config = train_config(work, model_dir)
+        config = train_config(work, model_dir, workers)
         sampler = MemorySampler(interval)
         began = time.monotonic()
         try:
@@ -263,7 +265,7 @@ def run_benchmark(size: str, work: Path, interval: float = 0.5) -> dict[str, Any
     full = params * 4 / GB
     return {
         "params": params,
-        "workers": WORKERS,
+        "workers": workers,
         "peak_rss_gb_per_worker": [round(sampler.peaks[p]["rss"], 3) for p in pids],
         "full_model_gb": round(full, 3),
         "peak_anon_gb_per_worker": [round(sampler.peaks[p]["anon"], 3) for p in pids],
@@ -317,7 +319,7 @@ def write_result(result: dict[str, Any], out: Path, note: str | None) -> None:
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               **({"note": note} if note else {})}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))
 
 
@@ -328,13 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="working directory (model, data, run); default: a temporary one")
     parser.add_argument("--interval", type=float, default=0.5,
                         help="seconds between memory samples (the peaks are the kernel's)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="Ray Train workers, one CPU each (more than the cores share them)")
     parser.add_argument("--note", help="anything else running on the machine")
     args = parser.parse_args(argv)
     # On a shared machine: should memory run out, the kernel ends this benchmark (and the Ray
     # processes it starts, which inherit the setting), not the machine's other work.
     Path("/proc/self/oom_score_adj").write_text("1000")
     with tempfile.TemporaryDirectory(prefix="zero3-memory-") as tmp:
-        result = run_benchmark(args.size, args.work or Path(tmp), args.interval)
+        result = run_benchmark(args.size, args.work or Path(tmp), args.interval, args.workers)
     write_result(result, args.out, args.note)
     print(f"{result['params']:,} params, full model {result['full_model_gb']} GB; peak RSS per worker "
           f"{result['peak_rss_gb_per_worker']} GB (anonymous {result['peak_anon_gb_per_worker']}); "

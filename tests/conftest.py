@@ -16,12 +16,9 @@ def ray_cluster():
     """A local Ray cluster shared by every test that needs one (started on first use)."""
     import ray
 
+    from atflrec.cluster.local import own_dashboard
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            object_store_memory=512 * 1024**2,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        ray.init(num_cpus=2, object_store_memory=512 * 1024**2, log_to_driver=False, **own_dashboard())
     yield ray
     ray.shutdown()

@@ -8,10 +8,8 @@ process started with ``ray.init(address=...)`` or a stage's ``address=`` setting
 the head, so removing a worker node never takes the driver, nor the Train controller that Ray
 places beside it.
 
-The head runs Ray's dashboard, as a real head does: Ray Train starts a placement-group cleaner per
-run that asks the state API (served by the dashboard) whether the run's controller still lives.
-Without it, the cleaner of every run whose controller was killed (each trial ASHA stops) polls
-forever, a 200 MB process apiece.
+The head runs Ray's dashboard, as a real head does (:func:`own_dashboard`: every Ray instance the
+tests and benchmarks start has one).
 """
 
 from __future__ import annotations
@@ -27,14 +25,26 @@ from typing import Any
 NODE_REGISTER_TIMEOUT_S = 120
 
 
+def own_dashboard() -> dict[str, Any]:
+    """``ray.init`` (or head node) settings for a dashboard of the cluster's own, on a free port of
+    127.0.0.1. Ray Train (2.60) starts a placement-group cleaner per run that asks the state API,
+    which the dashboard serves, whether the run's controller still lives:
+
+    - without a dashboard Ray still records 127.0.0.1:8265 as the cluster's API address, so when
+      another Ray instance's dashboard listens there, it answers "no such actor" and the cleaner
+      removes the placement group of a run that is alive (seen: a worker group killed mid-run);
+    - with none listening there, the cleaner of every run whose controller was killed (each trial
+      ASHA stops) polls forever, a 200 MB process apiece.
+    """
+    (port,) = free_ports(1)
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+
+
 class LocalCluster:
     def __init__(self, nodes: int, cpus_per_node: float = 1, object_store_mb: int = 150) -> None:
         from ray.cluster_utils import Cluster
 
-        (dashboard_port,) = free_ports(1)
-        head: dict[str, Any] = {"num_cpus": 0, "object_store_memory": object_store_mb * 2**20,
-                                "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                "dashboard_port": dashboard_port}
+        head: dict[str, Any] = {"num_cpus": 0, "object_store_memory": object_store_mb * 2**20, **own_dashboard()}
         with _address_file_kept():
             self._cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
         self._node_args = {"num_cpus": cpus_per_node, "object_store_memory": object_store_mb * 2**20}

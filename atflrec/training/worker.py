@@ -35,7 +35,6 @@ are the whole model's: a separate-adapter trial is compared at a rung only once 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
@@ -58,6 +57,7 @@ from atflrec.model.network import ATFLRecModel
 from atflrec.storage import uri_of
 from atflrec.training.deepspeed_config import zero_stage
 from atflrec.training.distributed_config import TrainConfig
+from atflrec.training.heap import return_freed_blocks, trim_heap
 from atflrec.training.local import build_model, fit_audio_normalisation, make_collator
 from atflrec.training.loop import (
     LoopState,
@@ -76,7 +76,6 @@ FEATURES, VAL = "features", "val"
 ROW_INDEX = "row_index"  # the train dataset's extra column: each row's place in the training table
 SCORE = "selection_score"
 MODEL_EVALS = "model_evals"  # ASHA's time unit: validations of the whole model (last stage only)
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclass
@@ -116,18 +115,6 @@ def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --- distributed helpers ------------------------------------------------------------------------
 
-def return_freed_blocks() -> None:
-    """Under ZeRO-3 a worker gathers and frees each layer's parameters over and over. glibc serves
-    blocks of up to 32 MB from its heap once its mmap threshold has adapted, and the heap fragments
-    and keeps them: building a partitioned 0.27B model, a worker was left holding 2.4x its
-    partition. A fixed 1 MiB threshold maps every large block on its own, returned when freed."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # another C library
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
 def release_stage(engine: Any, model: ATFLRecModel) -> None:
     """Destroy a stage's engine and free its model's tensors. After ``destroy()`` DeepSpeed (0.19)
     still reaches the engine, its optimizer and the model (ZeRO-3, for one, keeps each engine's
@@ -135,7 +122,7 @@ def release_stage(engine: Any, model: ATFLRecModel) -> None:
     stage's model lived on until the worker exited, beside the next stage's and the final
     evaluation's: a whole partition more per stage under ZeRO-3 (about 1.9 GB at 1B parameters on
     2 workers), a whole model under ZeRO-2. Emptying the tensors frees that memory whatever holds
-    the Python objects."""
+    the Python objects; the heap's free pages then go back to the system."""
     engine.destroy()
     with torch.no_grad():
         for tensor in (*model.parameters(), *model.buffers()):
@@ -143,6 +130,7 @@ def release_stage(engine: Any, model: ATFLRecModel) -> None:
             if partition is not None:
                 partition.data = torch.empty(0, dtype=partition.dtype, device=partition.device)
             tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    trim_heap()
 
 
 def trained_parameters(model: ATFLRecModel) -> list[torch.nn.Parameter]:
@@ -262,6 +250,7 @@ class DeepSpeedStageLoop(StageLoop):
         self.all_val_rows = list(val_rows)
         self.trained_names = {n for n, p in model.named_parameters() if p.requires_grad}
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+        self.trims_heap = zero_stage(ds_config) == 3  # see atflrec.training.heap
         self.earlier_losses = list(progress.losses.get(stage.name, []))  # steps before a restart
 
     def train_mode(self) -> None:
@@ -276,6 +265,8 @@ class DeepSpeedStageLoop(StageLoop):
 
     def optimizer_step(self) -> None:
         self.engine.step()  # clips (gradient_clipping) and steps: the loop calls it at boundaries only
+        if self.trims_heap:
+            trim_heap()
 
     def validation_scores(self) -> np.ndarray:
         return sharded_predict(self.model, self.val_rows, self.collator, self.eval_batch_size, self.rank, self.world,
@@ -363,6 +354,8 @@ class DeepSpeedStageLoop(StageLoop):
                 save_file({k: v.contiguous() for k, v in self.best.items()}, str(directory / BEST_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint-{index}-{self.stage.name}-epoch{progress.epoch:03d}")
+        if self.trims_heap:
+            trim_heap()  # validation's activations and the checkpoint's gathered copies
 
 
 def read_restored(checkpoint: Any, model: ATFLRecModel, rank: int) -> Restored:

@@ -84,8 +84,9 @@ def memory_over_stages(loop_config: dict[str, Any]) -> dict[str, Any]:
     import deepspeed
     import torch
 
+    from atflrec.training.heap import return_freed_blocks
     from atflrec.training.local import build_model
-    from atflrec.training.worker import release_stage, return_freed_blocks
+    from atflrec.training.worker import release_stage
 
     def anonymous_mb() -> float:
         with open("/proc/self/status") as status:
