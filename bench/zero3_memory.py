@@ -6,9 +6,10 @@ Writes a randomly initialised Llama-architecture model (``--size 1b``: hidden 20
 MLP 5504, 16 heads, vocabulary 32000, untied head: 1.04e9 parameters, 4.2 GB in float32) as a
 sharded safetensors directory, without ever holding it whole, plus tiny benchmark data (synth,
 8-bin features, samples with 2-item histories). Then runs ``atflrec train``'s real path
-(:func:`atflrec.training.distributed.train`) with ``--workers`` CPU workers (2 by default; gloo), the shipped
-``deepspeed/zero3_cpu`` config and early fusion: 2 optimizer steps per worker, one validation,
-the final evaluation, while a thread samples every worker's memory (``/proc/<pid>/status``:
+(:func:`atflrec.training.distributed.train`) with ``--workers`` CPU workers (2 by default; gloo),
+the shipped ``deepspeed/zero3_cpu`` config and early fusion (``--activation-checkpointing``: with
+``optim.activation_checkpointing``): 2 optimizer steps per worker, one validation, the final
+evaluation, while a thread samples every worker's memory (``/proc/<pid>/status``:
 ``VmHWM``, the kernel's peak resident set, and ``RssAnon``, resident memory not backed by a file).
 
 The baseline, in the same run: a separate process building the same model the way every worker did
@@ -137,14 +138,15 @@ def prepare_data(work: Path) -> None:
                  SampleConfig(history_len=2, val_per_user=1, test_per_user=1, cold_item_fraction=0.0))
 
 
-def train_config(work: Path, model_dir: Path, workers: int) -> TrainConfig:
+def train_config(work: Path, model_dir: Path, workers: int, activation_checkpointing: bool = False) -> TrainConfig:
     """``workers`` workers, ZeRO-3, early fusion; 2 training samples per worker in micro-batches of 1:
     2 steps per worker."""
     return TrainConfig.model_validate({
         "model": {"base_model": str(model_dir), "encoder": {"n_mels": N_MELS, "width": 16},
                   "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "fusion": {"strategy": "early"}},
         "samples": str(work / "samples"), "features": str(work / "features"), "shots": 2 * workers, "seed": 0,
-        "optim": {"lr": 1e-3, "encoder_lr": 1e-3, "batch_size": 1, "epochs": 1},
+        "optim": {"lr": 1e-3, "encoder_lr": 1e-3, "batch_size": 1, "epochs": 1,
+                  "activation_checkpointing": activation_checkpointing},
         "eval_splits": ["val"], "eval_batch_size": 1,
         "deepspeed": {"config": "deepspeed/zero3_cpu"},
         "scaling": {"num_workers": workers, "cpus_per_worker": 1},
@@ -235,7 +237,8 @@ def whole_build_peak(model_dir: Path) -> float:
 
 # --- the run ---------------------------------------------------------------------------------------
 
-def run_benchmark(size: str, work: Path, interval: float = 0.5, workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
+def run_benchmark(size: str, work: Path, interval: float = 0.5, workers: int = DEFAULT_WORKERS,
+                  activation_checkpointing: bool = False) -> dict[str, Any]:
     """Everything the result file holds, less machine and date; ``samples`` holds the timelines."""
     import ray
 
@@ -249,7 +252,7 @@ def run_benchmark(size: str, work: Path, interval: float = 0.5, workers: int = D
         model_dir = work / f"llama-{size}"
         params = write_random_llama(shape, model_dir)
         prepare_data(work)
-        config = train_config(work, model_dir, workers)
+        config = train_config(work, model_dir, workers, activation_checkpointing)
         sampler = MemorySampler(interval)
         began = time.monotonic()
         try:
@@ -278,6 +281,7 @@ def run_benchmark(size: str, work: Path, interval: float = 0.5, workers: int = D
         "settings": {
             "model": {**asdict(shape), "architecture": "LlamaForCausalLM", "dtype": "float32", "init": "random"},
             "deepspeed": config.deepspeed.config, "fusion": config.model.fusion.strategy,
+            "activation_checkpointing": config.optim.activation_checkpointing,
             "shots": config.shots, "batch_size": config.optim.batch_size,
             "optimizer_steps_per_worker": len(outcome.losses.get("shared", [])),
             "prompt_tokens": prompt_tokens(config), "sample_interval_s": interval,
@@ -332,13 +336,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between memory samples (the peaks are the kernel's)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="Ray Train workers, one CPU each (more than the cores share them)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute the LLM's activations in backward (optim.activation_checkpointing)")
     parser.add_argument("--note", help="anything else running on the machine")
     args = parser.parse_args(argv)
     # On a shared machine: should memory run out, the kernel ends this benchmark (and the Ray
     # processes it starts, which inherit the setting), not the machine's other work.
     Path("/proc/self/oom_score_adj").write_text("1000")
     with tempfile.TemporaryDirectory(prefix="zero3-memory-") as tmp:
-        result = run_benchmark(args.size, args.work or Path(tmp), args.interval, args.workers)
+        result = run_benchmark(args.size, args.work or Path(tmp), args.interval, args.workers,
+                               args.activation_checkpointing)
     write_result(result, args.out, args.note)
     print(f"{result['params']:,} params, full model {result['full_model_gb']} GB; peak RSS per worker "
           f"{result['peak_rss_gb_per_worker']} GB (anonymous {result['peak_anon_gb_per_worker']}); "

@@ -126,6 +126,9 @@ class _CachedPasses(torch.nn.Module):
     def configure_stage(self, stage: Stage | None) -> list[torch.nn.Parameter]:
         return self.model.configure_stage(stage)
 
+    def checkpoint_activations(self, enabled: bool) -> None:
+        self.model.checkpoint_activations(enabled)
+
     def forward(self, batch: Batch, stage: Stage | None = None) -> torch.Tensor:
         index = torch.tensor([self.position[s] for s in batch.sample_ids])
         device = batch.labels.device

@@ -84,6 +84,16 @@ class ATFLRecModel(nn.Module):
             p.requires_grad_(True)
         return trainable
 
+    def checkpoint_activations(self, enabled: bool) -> None:
+        """Recompute each decoder layer's activations during backward instead of holding them from
+        the forward (transformers' activation checkpointing, non-reentrant: it needs no gradient on
+        the inputs and runs ZeRO-3's gather hooks again for the recomputation). In train mode only."""
+        base = self.llm.get_base_model()
+        if enabled:
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.activation_checkpointing_disable()
+
     def train(self, mode: bool = True) -> ATFLRecModel:
         """Train mode for the stage's trained parts only: frozen parts keep dropout off."""
         super().train(mode)

@@ -54,6 +54,9 @@ class OptimConfig(StrictModel):
         "constant", description="learning-rate decay after the warm-up, to 0 at the stage's last step")
     warmup_ratio: float = Field(
         0.0, ge=0, lt=1, description="fraction of each stage's optimizer steps spent warming up linearly from 0")
+    activation_checkpointing: bool = Field(
+        False, description="recompute the LLM's activations in backward instead of holding them: less memory, "
+                           "about one more forward pass of compute per step")
     eval_every: int = Field(1, ge=1, description="score the validation split every N epochs (and after a stage's last)")
     patience: int | None = Field(
         None, ge=1, description="stop a stage after N evaluations without improvement; unset: no early stopping")
@@ -252,6 +255,7 @@ class StageLoop:
         self.state = state if state is not None else LoopState(stage_index=stage_index)
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(model, stage, optim)  # also sets which parameters train
+        model.checkpoint_activations(optim.activation_checkpointing)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.best: dict[str, torch.Tensor] | None = None

@@ -20,7 +20,7 @@ def test_the_state_api_finds_a_live_actor_of_this_cluster() -> None:
     ray.get(actor.__ray_ready__.remote())
     try:
         state = get_actor(actor._actor_id.hex(), timeout=30)
-        assert state is not None, "the state API does not know this cluster's actor: another cluster's dashboard answered"
+        assert state is not None, "the state API does not know this cluster's actor (another's dashboard answered)"
         assert state.state == "ALIVE"
     finally:
         ray.kill(actor)
