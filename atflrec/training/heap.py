@@ -1,10 +1,12 @@
 """Keeping a ZeRO-3 worker's C heap from holding memory it has freed (glibc).
 
-Under ZeRO-3 a worker gathers and frees each layer's parameters over and over, and every step
-allocates and frees its activations. glibc keeps freed blocks inside its heaps for reuse, and a
-fragmented heap cannot give them back: building a partitioned 0.27B model left a worker holding
-2.4x its partition, and training a 1B model on 2 workers grew each worker by 0.9-1.2 GB over the
-partition in 2 steps (bench/zero3_memory.py), memory no tensor held (``malloc_trim`` returned it).
+Under ZeRO-3 a worker gathers and frees each layer's parameters over and over, and every forward
+allocates and frees activations of about a megabyte each. glibc keeps freed heap blocks for reuse,
+and a fragmented heap cannot give them back. Its default mmap threshold adapts upwards (to 32 MB)
+as large blocks are freed, moving ever larger blocks into the heap: building a partitioned 0.27B
+model left a worker holding 2.4x its partition. With the threshold fixed at 1 MiB, a 1B model's
+forward on 2 workers still left 0.4-0.7 GB of freed blocks in the heap per step, memory no tensor
+held; fixed at 128 KiB, anonymous memory follows the live tensors (bench/README.md).
 On another C library both calls do nothing.
 """
 
@@ -14,6 +16,7 @@ import ctypes
 from functools import cache
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 * 1024  # glibc's starting value, kept from adapting
 
 
 @cache
@@ -26,17 +29,14 @@ def glibc() -> ctypes.CDLL | None:
 
 
 def return_freed_blocks() -> None:
-    """Map every block of 1 MiB or more on its own, so that freeing it returns it. glibc's default
-    threshold adapts upwards (to 32 MB) and then serves a layer's gathered weights from its heap."""
+    """Map every block of 128 KiB or more on its own, so that freeing it returns it."""
     libc = glibc()
     if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def trim_heap() -> None:
-    """Return the free pages inside the heaps (smaller blocks: activations, gathered norms and
-    adapters) to the system. Takes ~20 ms at a 1B model's heap: call it per optimizer step, not per
-    micro-batch."""
+    """Return the free pages inside the heaps (the smaller blocks) to the system."""
     libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -250,7 +250,6 @@ class DeepSpeedStageLoop(StageLoop):
         self.all_val_rows = list(val_rows)
         self.trained_names = {n for n, p in model.named_parameters() if p.requires_grad}
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
-        self.trims_heap = zero_stage(ds_config) == 3  # see atflrec.training.heap
         self.earlier_losses = list(progress.losses.get(stage.name, []))  # steps before a restart
 
     def train_mode(self) -> None:
@@ -265,8 +264,6 @@ class DeepSpeedStageLoop(StageLoop):
 
     def optimizer_step(self) -> None:
         self.engine.step()  # clips (gradient_clipping) and steps: the loop calls it at boundaries only
-        if self.trims_heap:
-            trim_heap()
 
     def validation_scores(self) -> np.ndarray:
         return sharded_predict(self.model, self.val_rows, self.collator, self.eval_batch_size, self.rank, self.world,
@@ -354,8 +351,6 @@ class DeepSpeedStageLoop(StageLoop):
                 save_file({k: v.contiguous() for k, v in self.best.items()}, str(directory / BEST_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint-{index}-{self.stage.name}-epoch{progress.epoch:03d}")
-        if self.trims_heap:
-            trim_heap()  # validation's activations and the checkpoint's gathered copies
 
 
 def read_restored(checkpoint: Any, model: ATFLRecModel, rank: int) -> Restored:
