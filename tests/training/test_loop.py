@@ -156,7 +156,7 @@ def test_activation_checkpointing_holds_fewer_activations_and_computes_the_same_
             loss = compute_loss(model, batch, loop.stage, "fp32", torch.device("cpu"))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[enabled] = (float(loss), grads, saved_bytes)
+        results[enabled] = (loss.item(), grads, saved_bytes)
     (loss_off, grads_off, saved_off), (loss_on, grads_on, saved_on) = results[False], results[True]
     assert loss_on == pytest.approx(loss_off, rel=1e-6)
     assert grads_on.keys() == grads_off.keys() and any("lora_" in n for n in grads_on)
