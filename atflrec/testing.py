@@ -1,5 +1,6 @@
-"""Tiny stand-ins for the real base model, built locally in well under a second, for tests; and
-:func:`registered_checkpoint`, for tests that interrupt a run.
+"""Tiny stand-ins for the real base model, built locally in well under a second, for tests;
+:func:`registered_checkpoint`, for tests that interrupt a run; and :func:`memory_status`, for
+tests and benchmarks that measure a process's memory.
 
 ``build_tiny_base(dir)`` writes a Hugging Face model directory (a 2-layer Llama and a byte-level
 BPE tokenizer with a ChatML chat template) that ``load_base_model(dir)`` reads like the real
@@ -77,3 +78,15 @@ def registered_checkpoint(run: str | Path) -> bool:
     except json.JSONDecodeError:  # being rewritten
         return False
     return snapshot.get("latest_checkpoint_result") is not None
+
+
+def memory_status(pid: int | str = "self") -> dict[str, int]:
+    """A process's ``VmRSS``, ``VmHWM`` (the kernel's peak resident set) and ``RssAnon`` (resident
+    memory no file backs: what freed and leaked tensors show in), in bytes, from Linux's
+    ``/proc/<pid>/status``."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
+            values[key] = int(rest.split()[0]) * 1024  # the file counts kB
+    return values

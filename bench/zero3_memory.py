@@ -42,6 +42,7 @@ import torch
 
 from atflrec.cluster.local import own_dashboard, train_worker_pids
 from atflrec.io import atomic_write_text
+from atflrec.testing import memory_status
 from atflrec.training.distributed import train
 from atflrec.training.distributed_config import TrainConfig
 
@@ -178,12 +179,7 @@ def prompt_tokens(config: TrainConfig) -> dict[str, int]:
 
 def status_gb(pid: int) -> dict[str, float]:
     """``VmRSS``, ``VmHWM`` (peak RSS) and ``RssAnon`` of a process, in GB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon"):
-            values[key] = int(rest.split()[0]) * 1024 / GB
-    return values
+    return {key: value / GB for key, value in memory_status(pid).items()}
 
 
 @dataclass

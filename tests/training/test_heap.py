@@ -22,11 +22,11 @@ def growth_after_freeing(block_kib: int, *, fixed_threshold: bool, trim: bool) -
     script = f"""
 import json
 import torch
+from atflrec.testing import memory_status
 from atflrec.training.heap import return_freed_blocks, trim_heap
 
 def anonymous_mb():
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssAnon"))
+    return memory_status()["RssAnon"] / 2**20
 
 if {fixed_threshold}:
     return_freed_blocks()

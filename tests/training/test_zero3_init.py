@@ -84,13 +84,13 @@ def memory_over_stages(loop_config: dict[str, Any]) -> dict[str, Any]:
     import deepspeed
     import torch
 
+    from atflrec.testing import memory_status
     from atflrec.training.heap import return_freed_blocks
     from atflrec.training.local import build_model
     from atflrec.training.worker import release_stage
 
     def anonymous_mb() -> float:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("RssAnon"))
+        return memory_status()["RssAnon"] / 2**20
 
     return_freed_blocks()
     config = ModelConfig.model_validate(loop_config["model"])
