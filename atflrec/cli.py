@@ -260,6 +260,9 @@ def _train(args: argparse.Namespace) -> int:
         optimizer = "restored" if where.get("optimizer_restored") else "restarted"
         say(f"resumed at stage {where['stage_index']}, epoch {where['epoch']}, step {where['global_step']} "
             f"(optimizer state {optimizer})")
+    if outcome.worker_groups > 1:
+        say(f"worker groups started: {outcome.worker_groups} (a lost worker is replaced from the last checkpoint; "
+            "--resume starts one)")
     for split, metrics in outcome.metrics.items():
         say(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if outcome.exported is not None:

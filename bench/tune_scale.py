@@ -14,8 +14,8 @@ Records, from the search's own files (``results.parquet``, each trial's ``report
 ``attempts.jsonl``, Tune's ``result.json``):
 
 - ``completed``, ``stopped`` (by ASHA), ``failed``; ``retried``: trials whose driver started more
-  than once (each retry resumes its Train run); ``worker_group_replaced``: finished trials whose
-  run replaced a lost worker inside it;
+  than once (each retry resumes its Train run); ``worker_group_replaced``: trials whose run
+  started more worker groups than its driver did (a lost worker replaced inside the run);
 - ``lost``: trials that ended in error or have no result (must be 0); ``repeated``: trials that
   reported some epoch twice, i.e. trained it again (must be 0);
 - ``peak_disk_mb`` of the search directory (sampled every ``--sample-s``), ``driver_rss_mb`` (peak

@@ -23,12 +23,19 @@ from atflrec.console import say
 from atflrec.errors import UserError
 from atflrec.ray_connect import connect
 from atflrec.samples import SAMPLE_SCHEMA
-from atflrec.storage import absolute_uri, is_remote, list_names, publish_dir, resolve, uri_of
+from atflrec.storage import absolute_uri, is_remote, join, list_names, publish_dir, resolve, uri_of
 from atflrec.tracking import RunRef, tracked
 from atflrec.training.deepspeed_config import resolve_deepspeed_config
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import cited_item_ids, load_eval_rows, load_item_features, load_train_table
-from atflrec.training.worker import FEATURES, ROW_INDEX, SCORE, eval_dataset_name, train_loop_per_worker
+from atflrec.training.worker import (
+    FEATURES,
+    ROW_INDEX,
+    SCORE,
+    eval_dataset_name,
+    read_worker_groups,
+    train_loop_per_worker,
+)
 
 
 class TrainingError(UserError, RuntimeError):
@@ -43,6 +50,7 @@ class TrainOutcome:
     losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, per optimizer step (rank 0's)
     best_checkpoint: str | None = None
     resumed_from: dict[str, Any] | None = None  # stage, epoch and steps the last attempt resumed at; optimizer_restored
+    worker_groups: int = 1  # worker groups started over the run's life (a lost one is replaced; --resume starts one)
     exported: str | None = None
 
 
@@ -129,6 +137,7 @@ def build_trainer(config: TrainConfig, resume: bool = False, callbacks: list[Any
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "deepspeed": ds_config,
                            "train_items": train_items, "final_splits": final_splits,
+                           "run_dir": join(storage, config.run.name),
                            "tracking": tracking.as_dict() if tracking is not None else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.scaling.use_gpu,
                                      resources_per_worker=config.scaling.resources_per_worker()),
@@ -152,6 +161,7 @@ def outcome_of(result: Any, out: str | None) -> TrainOutcome:
     outcome.history = returned.get("history", [])
     outcome.losses = returned.get("losses", {})
     outcome.resumed_from = returned.get("resumed_from")
+    outcome.worker_groups = len(read_worker_groups(outcome.run_path))
     outcome.metrics = returned.get("metrics", {})
     outcome.best_checkpoint = returned.get("best_checkpoint")
     if out is not None and outcome.best_checkpoint is not None:

@@ -18,7 +18,8 @@ stage it was in continues at the next epoch with the same weights, best tensors,
 state and AdamW moments (restored when the world size is the one that wrote them; otherwise they
 restart, and the log says so). After the last stage every rank loads the best checkpoint (by
 validation score) into a plain model and the final splits are scored with it: the reported test
-metrics are the exported model's.
+metrics are the exported model's. Rank 0 of each worker group adds a line to the run's ``worker_groups.jsonl``
+as it starts, so a group that was replaced shows even when it had no checkpoint to resume from.
 
 Under ZeRO-3 every model a worker builds has its base built straight into partitions
 (``deepspeed.zero.Init`` through transformers, see :func:`~atflrec.base_model.fetch.load_base_model`):
@@ -39,6 +40,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -54,7 +56,7 @@ from atflrec.model.artifact import load_weights, save_artifact
 from atflrec.model.batch import Batch
 from atflrec.model.fusion import STRATEGIES, Stage, stage_rows
 from atflrec.model.network import ATFLRecModel
-from atflrec.storage import uri_of
+from atflrec.storage import append_line, join, read_json_lines, uri_of
 from atflrec.training.deepspeed_config import zero_stage
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.heap import return_freed_blocks, trim_heap
@@ -76,6 +78,7 @@ FEATURES, VAL = "features", "val"
 ROW_INDEX = "row_index"  # the train dataset's extra column: each row's place in the training table
 SCORE = "selection_score"
 MODEL_EVALS = "model_evals"  # ASHA's time unit: validations of the whole model (last stage only)
+WORKER_GROUPS_FILE = "worker_groups.jsonl"  # in the run dir: one line per start of a worker group
 
 
 @dataclass
@@ -89,6 +92,23 @@ class Progress(LoopState):
 
 def eval_dataset_name(split: str) -> str:
     return VAL if split == VAL else f"eval_{split}"
+
+
+def record_worker_group(run_dir: str, world: int, checkpoint: Any) -> None:
+    """Rank 0's line for this worker group's start: when, on which node, how many workers and the
+    checkpoint it was handed (None: it starts from the beginning)."""
+    import ray
+
+    resumed = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None
+    entry = {"started": time.time(), "node_id": ray.get_runtime_context().get_node_id(), "workers": world,
+             "checkpoint": resumed}
+    append_line(join(run_dir, WORKER_GROUPS_FILE), json.dumps(entry))
+
+
+def read_worker_groups(run_dir: str) -> list[dict[str, Any]]:
+    """The run's worker-group starts, in order: more than one after a lost worker was replaced or a
+    stopped run was resumed; ``[]`` before the first."""
+    return read_json_lines(join(run_dir, WORKER_GROUPS_FILE))
 
 
 # --- data from Ray Data shards -------------------------------------------------------------------
@@ -379,6 +399,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     ds_config: dict[str, Any] = loop_config["deepspeed"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    checkpoint = ray.train.get_checkpoint()
+    if rank == 0:
+        record_worker_group(loop_config["run_dir"], world, checkpoint)
     torch.set_num_threads(config.scaling.torch_threads())
     device = ray.train.torch.get_device()
     features = features_of(ray.train.get_dataset_shard(FEATURES))
@@ -402,7 +425,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         fit_audio_normalisation(model, loop_config["train_items"], features)
         return model
 
-    checkpoint = ray.train.get_checkpoint()
     progress = Progress()
     restored: Restored | None = None
     resumed_from: dict[str, Any] | None = None  # where this attempt started, when from a checkpoint

@@ -27,7 +27,7 @@ from atflrec.errors import UserError
 from atflrec.model.fusion import STRATEGIES
 from atflrec.storage import canonical, delete_dir, is_dir, join, list_dirs, uri_on
 from atflrec.training.distributed_config import TrainConfig
-from atflrec.training.worker import MODEL_EVALS, SCORE
+from atflrec.training.worker import MODEL_EVALS, SCORE, read_worker_groups
 from atflrec.tuning.space import SearchPlan, expected_reports, lora_config, trial_config
 from atflrec.tuning.trial import read_attempts, read_outcome, read_reports, run_name
 
@@ -49,6 +49,12 @@ class TrialRecord:
     error: str | None = None
     outcome: dict[str, Any] | None = None  # final metrics, when the run finished
     attempts: int = 1  # starts of the trial's driver: more than one after a retry or a restored search
+    worker_groups: int = 0  # starts of its Train run's worker group: each driver start makes one, a lost worker another
+
+    @property
+    def worker_group_replaced(self) -> bool:
+        """More worker groups than driver starts: a lost worker's group was replaced inside the run."""
+        return self.worker_groups > self.attempts
 
     @property
     def status(self) -> str:
@@ -94,7 +100,8 @@ def records(grid: Any, plan: SearchPlan, runs: str) -> list[TrialRecord]:
         error = None if result.error is None else str(result.error).strip().splitlines()[-1][:500]
         out.append(TrialRecord(trial_id, knobs, trial_config(plan.base, knobs, name, runs),
                                reports=read_reports(runs, name), error=error, outcome=read_outcome(runs, name),
-                               attempts=max(1, len(read_attempts(runs, name)))))
+                               attempts=max(1, len(read_attempts(runs, name))),
+                               worker_groups=len(read_worker_groups(join(runs, name)))))
     return sorted(out, key=lambda r: r.trial_id)
 
 
@@ -121,7 +128,7 @@ def results_table(trials: list[TrialRecord], plan: SearchPlan) -> pa.Table:
             "reports": len(t.reports), "expected_reports": expected_reports(t.config),
             "test_auc": metrics.get("test", {}).get("auc"), "cold_auc": metrics.get("cold", {}).get("auc"),
             "checkpoint": _kept(best.get("checkpoint_path")), "error": t.error, "attempts": t.attempts,
-            "worker_group_replaced": (t.outcome or {}).get("resumed_from") is not None,
+            "worker_groups": t.worker_groups, "worker_group_replaced": t.worker_group_replaced,
         })
     return pa.Table.from_pylist(rows)
 

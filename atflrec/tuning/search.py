@@ -263,8 +263,10 @@ def run_search(space: str | Path | TuneSpace, out_dir: str | Path | None = None,
             if run:
                 _track_search(run, trials, counts, best, written, target)
     retried = sum(t.attempts > 1 for t in trials)
+    replaced = sum(t.worker_group_replaced for t in trials)
     say(f"search done: {counts['completed']} completed, {counts['stopped']} stopped by ASHA, "
-        f"{counts['error']} failed, {retried} restarted (resuming their runs); "
+        f"{counts['error']} failed, {retried} restarted (resuming their runs), "
+        f"{replaced} with a lost worker replaced inside the run; "
         f"stopped trials' checkpoints pruned as they stopped ({removed} left over, pruned now)")
     say(f"best trial {best.trial_id}: validation AUC {best.best['val_auc']:.4f} "
         f"({', '.join(f'{k}={v}' for k, v in best.knobs.items())})")

@@ -73,7 +73,7 @@ def run_trial(knobs: dict[str, Any], base: dict[str, Any], runs: str, search_run
         outcome = outcome_of(trainer.fit(), out=None)  # raises when the run failed: Tune marks the trial ERROR
         log_outcome(run, outcome.metrics, artifact=None)
     summary = {"metrics": outcome.metrics, "best_checkpoint": outcome.best_checkpoint,
-               "resumed_from": outcome.resumed_from}  # set when a lost worker group was replaced in the run
+               "resumed_from": outcome.resumed_from}  # where its last worker group resumed, if from a checkpoint
     write_text(join(runs, name, OUTCOME_FILE), json.dumps(summary) + "\n")
 
 

@@ -13,12 +13,14 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from atflrec.cluster.local import LocalCluster, local_cluster, wait_for
 from atflrec.testing import build_tiny_base, registered_checkpoint
-from atflrec.tuning.trial import REPORTS_FILE
+from atflrec.training.worker import read_worker_groups
+from atflrec.tuning.trial import OUTCOME_FILE, REPORTS_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -130,31 +132,34 @@ def test_a_search_that_loses_a_node_loses_no_trial_and_runs_none_twice(world: Pa
     process = atflrec("tune", "--space", str(tmp_path / "space.yaml"))
     runs = tmp_path / "search" / "trials"
 
-    def a_trial_has_checkpointed_and_others_run() -> bool:
-        return any(registered_checkpoint(d) for d in runs.glob("trial-*")) and len(cluster.train_workers()) >= 2
-    assert wait_for(lambda: a_trial_has_checkpointed_and_others_run() or process.poll() is not None,
-                    STAGE_TIMEOUT_S)
+    def running_groups() -> dict[str, dict]:
+        """Each unfinished trial's latest worker group, as its rank 0 recorded it on starting."""
+        latest = {d.name.removeprefix("trial-"): read_worker_groups(str(d)) for d in runs.glob("trial-*")
+                  if not (d / OUTCOME_FILE).exists()}
+        return {trial: started[-1] for trial, started in latest.items() if started}
+
+    def a_trial_has_checkpointed_and_two_run() -> bool:
+        return any(registered_checkpoint(d) for d in runs.glob("trial-*")) and len(running_groups()) >= 2
+    assert wait_for(lambda: a_trial_has_checkpointed_and_two_run() or process.poll() is not None, STAGE_TIMEOUT_S)
     assert process.poll() is None, "the search ended before a node could be removed"
-    busy = Counter(cluster.train_workers().values())
-    cluster.remove(busy.most_common(1)[0][0])
+    # The node of the group that started last: the one furthest from finishing, maybe with no checkpoint yet.
+    victim, group = max(running_groups().items(), key=lambda item: item[1]["started"])
+    cluster.remove(group["node_id"])
     cluster.add_node()  # what an autoscaler does; the search must not depend on it for the lost trials
     output = finish(process)
 
-    results = _read_results(tmp_path / "search")
-    assert len(results) == trials and len({r["trial_id"] for r in results}) == trials
-    assert Counter(r["status"] for r in results) == {"completed": trials}, output[-3000:]  # none lost
-    # The lost node's trials recovered: a driver retried (resuming its run) or a worker group replaced.
-    assert any(r["attempts"] > 1 or r["worker_group_replaced"] for r in results), results
+    rows = pq.read_table(tmp_path / "search" / "results.parquet").to_pylist()
+    results = {r["trial_id"]: r for r in rows}
+    assert len(rows) == len(results) == trials
+    assert Counter(r["status"] for r in results.values()) == {"completed": trials}, output[-3000:]  # none lost
+    # The lost node's trial recovered: its driver retried (resuming its run) or its worker group was
+    # replaced inside the run, with or without a checkpoint to resume from.
+    lost = results[victim]
+    assert lost["attempts"] > 1 or lost["worker_group_replaced"], lost
     for trial_dir in runs.glob("trial-*"):
         reports = [json.loads(line) for line in (trial_dir / REPORTS_FILE).read_text().splitlines()]
         keys = [(r["stage_index"], r["epoch"]) for r in reports]
         assert len(keys) == len(set(keys)), (trial_dir.name, keys)  # no epoch trained and reported twice
     assert "0 failed" in output, output[-3000:]
-
-
-def _read_results(out: Path) -> list[dict]:
-    import pandas as pd
-
-    return pd.read_csv(out / "results.csv").to_dict("records")
 
 

@@ -61,6 +61,7 @@ def rest(settings: dict[str, Any]) -> dict[str, Any]:
     best = run_search(space)
     return {"train": {"run_path": outcome.run_path, "exported": outcome.exported,
                       "best_checkpoint": outcome.best_checkpoint, "resumed_from": outcome.resumed_from,
+                      "worker_groups": outcome.worker_groups,
                       "metrics": outcome.metrics},
             "tune": {"best": best}}
 

@@ -98,6 +98,7 @@ def test_a_train_run_checkpoints_to_s3_resumes_from_there_and_exports_best_to_s3
     train = stages.outcome["train"]
     resumed = train["resumed_from"]
     assert resumed is not None and resumed["global_step"] > 0 and resumed["optimizer_restored"], resumed
+    assert train["worker_groups"] == 2  # the first phase's and the resumed one's, in the run's log on S3
     assert train["run_path"] == f"{stages.s3}/train/run"
     assert train["best_checkpoint"].startswith(f"{stages.s3}/train/run/checkpoint-")
     checkpoints = storage.list_dirs(f"{stages.s3}/train/run", prefix="checkpoint")

@@ -25,7 +25,7 @@ from atflrec.training.distributed import TrainingError, train
 from atflrec.training.distributed_config import TrainConfig
 from atflrec.training.local import LocalTrainConfig, make_collator, predict, prepare_run, train_run
 from atflrec.training.loop import lr_factor
-from atflrec.training.worker import VAL_SCORES_FILE
+from atflrec.training.worker import VAL_SCORES_FILE, read_worker_groups
 
 N_MELS = 8
 REPO = Path(__file__).resolve().parents[2]
@@ -190,6 +190,9 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(benchmark, tiny_base_
     assert resumed["step"] == resumed["global_step"] == resumed["epoch"] * per_epoch
     assert resumed["optimizer_restored"] and resumed["optimizer_steps"] == resumed["step"]
     assert len(outcome.losses["shared"]) == _steps(config, 1)  # the steps before the kill came with the checkpoint
+    groups = read_worker_groups(str(storage))
+    assert outcome.worker_groups == len(groups) == 2
+    assert groups[0]["checkpoint"] is None and groups[1]["checkpoint"].startswith(str(storage / "checkpoint-"))
 
 
 def test_resume_continues_an_interrupted_run(benchmark, tiny_base_dir, tmp_path):
@@ -216,12 +219,14 @@ def test_resume_continues_an_interrupted_run(benchmark, tiny_base_dir, tmp_path)
     one_worker = config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 1})})
     per_epoch = _steps(one_worker, 1) // config.optim.epochs
     assert int(found[2]) == int(found[1]) * per_epoch > 0  # the checkpoint's step, not 0
+    assert "worker groups started: 2" in resumed.stdout, resumed.stdout[-2000:]  # the killed one, then this one
     last = json.loads((storage / "checkpoint-0-shared-epoch003" / "progress.json").read_text())
     assert last["global_step"] == _steps(one_worker, 1)
     # Exact: the interrupted-and-resumed run took the steps an uninterrupted run takes.
     straight = train(one_worker.model_copy(update={"run": one_worker.run.model_copy(update={"name": "straight"}),
                                                    "out": None}))
     assert np.allclose(last["losses"]["shared"], straight.losses["shared"], rtol=1e-5, atol=1e-6)
+    assert straight.worker_groups == 1
 
 
 def test_a_deepspeed_value_that_contradicts_the_training_config_is_refused(benchmark, tiny_base_dir, tmp_path):

@@ -97,6 +97,9 @@ def test_a_killed_search_resumes_without_rerunning_its_finished_trials(search: S
     for row in results:
         if row["trial_id"] in search.finished:
             assert row["status"] == "completed" and row["reports"] == row["expected_reports"] == 2
+            assert (row["attempts"], row["worker_groups"]) == (1, 1), row
+        # A restored trial starts its driver and its worker group again; no worker was lost inside a run.
+        assert row["worker_groups"] >= 1 and not row["worker_group_replaced"], row
 
 
 def test_every_mel_count_of_the_space_was_featurised_once_before_the_trials(search: Search) -> None:
