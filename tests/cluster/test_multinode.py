@@ -121,7 +121,7 @@ def test_a_train_run_that_loses_a_node_resumes_from_its_checkpoint(world: Path, 
 
 def test_a_search_that_loses_a_node_loses_no_trial_and_runs_none_twice(world: Path, cluster: LocalCluster,
                                                                         tmp_path: Path) -> None:
-    trials = 4  # FIFO: every trial runs to its end, so each one's recovery shows in its outcome
+    trials = 4  # FIFO: every trial runs to its end, the lost node's included
     train = train_config(world, tmp_path / "features", epochs=3, workers=1)
     train.pop("run"), train.pop("address")
     space = {"train": train, "space": {"model.lora.r": [2, 4], "optim.lr": {"loguniform": [1e-3, 3e-2]}},
